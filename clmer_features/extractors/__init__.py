@@ -1,0 +1,1 @@
+"""Feature extractors, one module each, registered by name."""

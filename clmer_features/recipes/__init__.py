@@ -1,0 +1,1 @@
+"""Dataset recipes: official label files -> manifests."""

@@ -1,0 +1,1 @@
+"""R1-Omni decoding from cached tower outputs."""
