@@ -1,0 +1,114 @@
+"""Where things live in a store, and the small file operations every layer shares.
+
+```
+<cache>/<dataset>/
+  clips.parquet                       manifest snapshot (clip_id, keys, fingerprints, segment, labels)
+  ledger.parquet                      failures of every feature (merged by finalize)
+  features/<feature>/<spec_id>/       zarr v3 group; attrs: spec, input, provenance
+    parts/<part>/                     one writer's clips; PART.json (checksums) written last, then renamed
+    parts/.tmp-<part>-<token>/        a part being written (or abandoned by a crash)
+    index.parquet                     clip_key -> part, rows (rebuilt by finalize)
+    records.parquet                   table outputs (e.g. transcripts), merged by finalize
+    failures.parquet                  this spec's failures, merged by finalize
+    COMPLETE.json                     written last by finalize; readers refuse a feature without it
+```
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+STORE_FORMAT = 1
+CLIPS_FILE = "clips.parquet"
+LEDGER_FILE = "ledger.parquet"
+FEATURES_DIR = "features"
+PARTS_DIR = "parts"
+TMP_PREFIX = ".tmp-"
+PART_FILE = "PART.json"
+INDEX_FILE = "index.parquet"
+RECORDS_FILE = "records.parquet"
+FAILURES_FILE = "failures.parquet"
+COMPLETE_FILE = "COMPLETE.json"
+
+LEDGER_SCHEMA = {
+    "clip_id": pl.Utf8,
+    "clip_key": pl.Utf8,
+    "feature": pl.Utf8,
+    "spec_id": pl.Utf8,
+    "stage": pl.Utf8,
+    "error": pl.Utf8,
+    "message": pl.Utf8,
+    "kind": pl.Utf8,
+    "attempt": pl.Int64,
+    "part": pl.Utf8,
+}
+
+
+def feature_dir(root: Path, feature: str, spec_id: str) -> Path:
+    return root / FEATURES_DIR / feature / spec_id
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, fsync, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_write_parquet(path: Path, df: pl.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent, suffix=".parquet")
+    os.close(fd)
+    try:
+        df.write_parquet(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(bufsize):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_checksums(folder: Path, exclude: tuple[str, ...] = (PART_FILE,)) -> dict[str, str]:
+    """sha256 of every file under ``folder`` (relative posix paths), except ``exclude``."""
+    out: dict[str, str] = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(folder).as_posix()
+            if rel not in exclude:
+                out[rel] = sha256_file(p)
+    return out
+
+
+def empty_ledger() -> pl.DataFrame:
+    return pl.DataFrame(schema=LEDGER_SCHEMA)

@@ -1,0 +1,361 @@
+"""Writing features: one temporary part per task, renamed into place when complete.
+
+Two writers never touch the same files: each task fills its own part folder
+(``parts/.tmp-<name>-<token>``), writes ``PART.json`` (row counts and the
+sha256 of every file) last, and renames the folder to ``parts/<name>``. A
+crash leaves only a temporary folder, which readers ignore and ``gc`` removes.
+``finalize`` (one caller, after the tasks) rebuilds the index and writes
+``COMPLETE.json`` last.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import polars as pl
+import zarr
+
+from clmer_features import __version__
+from clmer_features.errors import StoreError
+from clmer_features.spec import FeatureSpec
+from clmer_features.store import layout as L
+
+CHUNK_ROWS = 512  # inner chunk of a part's value array; the whole part is one shard
+
+
+def _provenance() -> dict[str, Any]:
+    return {
+        "clmer_version": __version__,
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "zarr": zarr.__version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+@dataclass
+class FinalizeSummary:
+    feature: str
+    spec_id: str
+    clips: int
+    failed: int
+    parts: int
+    duplicates: int
+    path: Path
+
+
+@dataclass
+class _Buffers:
+    keys: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+    times: list[np.ndarray | None] = field(default_factory=list)
+    pooled: list[np.ndarray | None] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+
+class PartWriter:
+    """Collects one task's clips in memory and writes them as one part on commit."""
+
+    def __init__(self, fw: "FeatureWriter", name: str):
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"invalid part name {name!r}")
+        self.fw = fw
+        self.name = name
+        self.dtype = np.dtype(fw.spec.params.get("dtype", "float16"))
+        self._b = _Buffers()
+        self._seen: set[str] = set()
+
+    def _check_new(self, clip_key: str) -> None:
+        if clip_key in self._seen:
+            raise StoreError(f"part {self.name}: clip key {clip_key!r} added twice")
+        self._seen.add(clip_key)
+
+    def add(
+        self,
+        clip_key: str,
+        clip_id: str,
+        values: np.ndarray | None,
+        times: np.ndarray | None = None,
+        pooled: np.ndarray | None = None,
+    ) -> None:
+        """Add one clip's rows ``[T, D]`` (and timestamps ``[T]``, pooled vector ``[D]``)."""
+        self._check_new(clip_key)
+        v = np.zeros((0, 0), self.dtype) if values is None else np.asarray(values)
+        if v.ndim == 1:
+            v = v[None, :]
+        if v.ndim != 2:
+            raise StoreError(f"{self.fw.spec.feature}: clip {clip_id}: values must be [T, D], got shape {v.shape}")
+        if not np.isfinite(v).all():
+            raise StoreError(f"{self.fw.spec.feature}: clip {clip_id}: values contain NaN or inf")
+        if times is not None:
+            times = np.asarray(times, dtype=np.float32).reshape(-1)
+            if times.shape[0] != v.shape[0]:
+                raise StoreError(f"{self.fw.spec.feature}: clip {clip_id}: {v.shape[0]} rows but {times.shape[0]} timestamps")
+        b = self._b
+        b.keys.append(clip_key)
+        b.ids.append(clip_id)
+        b.values.append(v)
+        b.times.append(times)
+        b.pooled.append(None if pooled is None else np.asarray(pooled).reshape(-1))
+
+    def add_record(self, clip_key: str, clip_id: str, record: dict[str, Any], values: np.ndarray | None = None) -> None:
+        """Add a table row (e.g. a transcript) for a clip; the clip counts as done."""
+        self.add(clip_key, clip_id, values)
+        self._b.records.append({"clip_key": clip_key, "clip_id": clip_id, **record})
+
+    def fail(self, clip_key: str, clip_id: str, stage: str, error: str, message: str, kind: str = "error") -> None:
+        """Record that a clip produced nothing: ``kind`` 'error' (broken) or 'absent' (no such modality)."""
+        if kind not in ("error", "absent"):
+            raise ValueError(f"kind must be 'error' or 'absent', not {kind!r}")
+        self._check_new(clip_key)
+        self._b.failures.append(
+            {"clip_id": clip_id, "clip_key": clip_key, "stage": stage, "error": error, "message": message[:2000], "kind": kind}
+        )
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    # ------------------------------------------------------------------ commit
+    def commit(self) -> Path:
+        final = self.fw.parts_dir / self.name
+        if final.exists():
+            # The same partition was already committed (a retried or duplicated task): keep the first.
+            return final
+        tmp = self.fw.parts_dir / f"{L.TMP_PREFIX}{self.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            self._write(tmp)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if final.exists():  # lost a race with a twin task: its part is as good as ours
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def _write(self, tmp: Path) -> None:
+        b = self._b
+        dims = {v.shape[1] for v in b.values if v.shape[0] > 0}
+        if len(dims) > 1:
+            raise StoreError(f"{self.fw.spec.feature}: part {self.name}: clips have different widths {sorted(dims)}")
+        dim = dims.pop() if dims else 0
+        lengths = np.array([v.shape[0] for v in b.values], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        rows = int(offsets[-1])
+
+        g = zarr.open_group(tmp, mode="w-")
+        n = len(b.keys)
+        if n:
+            g.create_array("clip_key", shape=(n,), dtype=str, chunks=(n,))[:] = np.array(b.keys, dtype=object)
+            g.create_array("clip_id", shape=(n,), dtype=str, chunks=(n,))[:] = np.array(b.ids, dtype=object)
+            g.create_array("offsets", shape=(n + 1,), dtype="int64", chunks=(n + 1,), compressors=None)[:] = offsets
+        if rows:
+            chunk = min(CHUNK_ROWS, rows)
+            shard = -(-rows // chunk) * chunk
+            arr = g.create_array(
+                "values", shape=(rows, dim), dtype=self.dtype, chunks=(chunk, dim), shards=(shard, dim), compressors=None
+            )
+            arr[:] = np.concatenate([v.astype(self.dtype, copy=False) for v in b.values if v.shape[0]], axis=0)
+            if any(t is not None for t in b.times):
+                times = np.concatenate(
+                    [t if t is not None else np.full(len(v), np.nan, np.float32) for t, v in zip(b.times, b.values)]
+                )
+                g.create_array("times", shape=(rows,), dtype="float32", chunks=(rows,), compressors=None)[:] = times
+        if any(p is not None for p in b.pooled):
+            pdims = {p.shape[0] for p in b.pooled if p is not None}
+            if len(pdims) > 1:
+                raise StoreError(f"{self.fw.spec.feature}: part {self.name}: pooled vectors of different widths {sorted(pdims)}")
+            pdim = pdims.pop()
+            pooled = np.stack([p if p is not None else np.full(pdim, np.nan) for p in b.pooled]).astype(np.float32)
+            g.create_array("pooled", shape=pooled.shape, dtype="float32", chunks=pooled.shape, compressors=None)[:] = pooled
+        if b.records:
+            pl.DataFrame(b.records, infer_schema_length=None).write_parquet(tmp / L.RECORDS_FILE)
+        if b.failures:
+            pl.DataFrame(b.failures, schema={k: pl.Utf8 for k in b.failures[0]}).write_parquet(tmp / L.FAILURES_FILE)
+        meta = {
+            "part": self.name,
+            "feature": self.fw.spec.feature,
+            "spec_id": self.fw.spec.spec_id,
+            "clips": n,
+            "rows": rows,
+            "dim": dim,
+            "dtype": self.dtype.name,
+            "failed": len(b.failures),
+            "files": L.file_checksums(tmp),
+            **_provenance(),
+        }
+        L.atomic_write_json(tmp / L.PART_FILE, meta)
+
+
+class FeatureWriter:
+    """Writes parts of one feature spec and finalizes its index."""
+
+    def __init__(self, store_root: Path, spec: FeatureSpec, input: str = "media"):
+        if input not in ("media", "text"):
+            raise ValueError(f"input must be 'media' or 'text', not {input!r}")
+        self.spec = spec
+        self.root = store_root
+        self.dir = L.feature_dir(store_root, spec.feature, spec.spec_id)
+        self.parts_dir = self.dir / L.PARTS_DIR
+        self.input = input
+        self._ensure_group()
+
+    def _ensure_group(self) -> None:
+        if (self.dir / "zarr.json").exists():
+            attrs = zarr.open_group(self.dir, mode="r").attrs.asdict()
+            stored = FeatureSpec.from_dict(attrs["spec"])
+            if stored.spec_id != self.spec.spec_id:
+                raise StoreError(f"{self.dir}: holds spec {stored.describe()}, not {self.spec.describe()}")
+        else:
+            self.dir.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir.parent / f"{L.TMP_PREFIX}{self.spec.spec_id}-{uuid.uuid4().hex[:8]}"
+            g = zarr.open_group(tmp, mode="w-")
+            g.attrs.update({"spec": self.spec.to_dict(), "input": self.input, "provenance": _provenance()})
+            (tmp / L.PARTS_DIR).mkdir()
+            try:
+                os.rename(tmp, self.dir)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if not (self.dir / "zarr.json").exists():
+                    raise
+        self.parts_dir.mkdir(exist_ok=True)
+
+    def committed_parts(self) -> list[Path]:
+        return sorted(p for p in self.parts_dir.iterdir() if p.is_dir() and not p.name.startswith(L.TMP_PREFIX))
+
+    def done_keys(self, include_failed: bool = True) -> set[str]:
+        """Clip keys already in committed parts (successes, and failures unless told otherwise)."""
+        done: set[str] = set()
+        for part in self.committed_parts():
+            if (part / "clip_key" / "zarr.json").exists():
+                done.update(zarr.open_array(part / "clip_key", mode="r")[:].tolist())
+            if include_failed and (part / L.FAILURES_FILE).exists():
+                done.update(pl.read_parquet(part / L.FAILURES_FILE, columns=["clip_key"])["clip_key"].to_list())
+        return done
+
+    def part(self, name: str) -> "_PartContext":
+        return _PartContext(PartWriter(self, name))
+
+    def finalize(self) -> FinalizeSummary:
+        return finalize_feature(self.root, self.spec.feature, self.spec.spec_id)
+
+
+class _PartContext:
+    def __init__(self, writer: PartWriter):
+        self.writer = writer
+
+    def __enter__(self) -> PartWriter:
+        return self.writer
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.writer.commit()
+
+
+def _part_index(part: Path) -> pl.DataFrame:
+    """One row per successful clip in a part: key, id, row range, pooled row."""
+    if not (part / "clip_key" / "zarr.json").exists():
+        return pl.DataFrame(schema={"clip_key": pl.Utf8, "clip_id": pl.Utf8, "part": pl.Utf8, "row_start": pl.Int64, "row_end": pl.Int64, "item": pl.Int64})
+    keys = zarr.open_array(part / "clip_key", mode="r")[:].tolist()
+    ids = zarr.open_array(part / "clip_id", mode="r")[:].tolist()
+    offsets = zarr.open_array(part / "offsets", mode="r")[:]
+    return pl.DataFrame(
+        {
+            "clip_key": keys,
+            "clip_id": ids,
+            "part": [part.name] * len(keys),
+            "row_start": offsets[:-1].astype(np.int64),
+            "row_end": offsets[1:].astype(np.int64),
+            "item": np.arange(len(keys), dtype=np.int64),
+        },
+        schema={"clip_key": pl.Utf8, "clip_id": pl.Utf8, "part": pl.Utf8, "row_start": pl.Int64, "row_end": pl.Int64, "item": pl.Int64},
+    )
+
+
+def finalize_feature(store_root: Path, feature: str, spec_id: str) -> FinalizeSummary:
+    """Rebuild index, records and failures from the committed parts; write COMPLETE.json last."""
+    fdir = L.feature_dir(store_root, feature, spec_id)
+    parts_dir = fdir / L.PARTS_DIR
+    parts = sorted(p for p in parts_dir.iterdir() if p.is_dir() and not p.name.startswith(L.TMP_PREFIX))
+    for p in parts:
+        if not (p / L.PART_FILE).exists():
+            raise StoreError(f"{p}: part has no {L.PART_FILE}; it was not written by clmer (run `clmer-features verify`)")
+
+    index = pl.concat([_part_index(p) for p in parts], how="vertical") if parts else _part_index(parts_dir / "none")
+    before = index.height
+    index = index.unique(subset="clip_key", keep="first", maintain_order=True)
+    duplicates = before - index.height
+
+    failures = [pl.read_parquet(p / L.FAILURES_FILE).with_columns(pl.lit(p.name).alias("part")) for p in parts if (p / L.FAILURES_FILE).exists()]
+    fails = pl.concat(failures, how="diagonal_relaxed") if failures else L.empty_ledger().drop("feature", "spec_id", "attempt")
+    if fails.height:
+        fails = (
+            fails.with_columns(pl.int_range(1, pl.len() + 1).over("clip_key").cast(pl.Int64).alias("attempt"))
+            .filter(~pl.col("clip_key").is_in(index["clip_key"].implode()))
+            .unique(subset="clip_key", keep="last", maintain_order=True)
+        )
+    else:
+        fails = fails.with_columns(pl.lit(None, dtype=pl.Int64).alias("attempt"))
+    fails = fails.with_columns(pl.lit(feature).alias("feature"), pl.lit(spec_id).alias("spec_id")).select(list(L.LEDGER_SCHEMA)).cast(L.LEDGER_SCHEMA)
+
+    records = [pl.read_parquet(p / L.RECORDS_FILE) for p in parts if (p / L.RECORDS_FILE).exists()]
+    if records:
+        rec = pl.concat(records, how="diagonal_relaxed").unique(subset="clip_key", keep="first", maintain_order=True)
+        L.atomic_write_parquet(fdir / L.RECORDS_FILE, rec)
+
+    L.atomic_write_parquet(fdir / L.INDEX_FILE, index)
+    L.atomic_write_parquet(fdir / L.FAILURES_FILE, fails)
+    _merge_ledger(store_root, feature, spec_id, fails)
+    L.atomic_write_json(
+        fdir / L.COMPLETE_FILE,
+        {
+            "feature": feature,
+            "spec_id": spec_id,
+            "clips": index.height,
+            "failed": fails.height,
+            "parts": len(parts),
+            "index_sha256": L.sha256_file(fdir / L.INDEX_FILE),
+            "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "finalized_ns": time.time_ns(),
+        },
+    )
+    return FinalizeSummary(feature, spec_id, index.height, fails.height, len(parts), duplicates, fdir)
+
+
+def _merge_ledger(store_root: Path, feature: str, spec_id: str, fails: pl.DataFrame) -> None:
+    path = store_root / L.LEDGER_FILE
+    old = pl.read_parquet(path) if path.exists() else L.empty_ledger()
+    keep = old.filter(~((pl.col("feature") == feature) & (pl.col("spec_id") == spec_id)))
+    L.atomic_write_parquet(path, pl.concat([keep.cast(L.LEDGER_SCHEMA), fails], how="vertical"))
+
+
+def part_name(clip_keys: list[str], prefix: str = "p") -> str:
+    """A deterministic part name for a partition: the same clips give the same name,
+    so a retried task lands on the part its first attempt may already have committed."""
+    import hashlib
+
+    h = hashlib.sha256("\n".join(sorted(clip_keys)).encode()).hexdigest()[:16]
+    return f"{prefix}-{h}"
+
+
+def iter_part_dirs(fdir: Path) -> Iterator[Path]:
+    parts = fdir / L.PARTS_DIR
+    if parts.is_dir():
+        yield from sorted(p for p in parts.iterdir() if p.is_dir())
+
+
+def describe_part(part: Path) -> dict[str, Any]:
+    return json.loads((part / L.PART_FILE).read_text())
