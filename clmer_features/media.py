@@ -1,0 +1,413 @@
+"""Decoding: frames (decord VideoReader) and 16 kHz mono audio (decord AudioReader).
+
+Every clip is decoded once per run for all features. Decoding happens in child
+processes (:class:`DecoderPool`): decord's bundled ffmpeg floods stderr, and
+on some corrupt files it aborts or segfaults; in a child that costs one clip
+(the pool restarts and the clip is marked failed), not the run. The children
+work ahead of the model (a bounded window of futures), so decoding overlaps
+model time.
+
+A missing stream is not an error: an audio-only row has no video and some
+videos have no audio track. Those come back as ``("absent", why)`` problems,
+never as zeros. A decoded audio track shorter than the container says is
+treated as a failure (decord returns truncated audio silently on corrupt
+files).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import re
+import subprocess
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from clmer_features.extractors.base import FrameRequest
+
+SAMPLE_RATE = 16000
+# A decoded audio track may be this much shorter than the container says
+# (codec priming, rounding) before it counts as truncated.
+AUDIO_SHORTFALL_TOLERANCE_S = 0.25
+AUDIO_SHORTFALL_TOLERANCE_FRAC = 0.02
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    """What to decode for one clip (picklable; sent to a decoder process)."""
+
+    clip_id: str
+    path: str | None
+    start: float | None = None
+    end: float | None = None
+    frame_requests: tuple[FrameRequest, ...] = ()
+    want_audio: bool = False
+
+
+@dataclass
+class DecodeResult:
+    """Decoded arrays of one clip and, per modality, why it is missing."""
+
+    clip_id: str
+    frames: dict[FrameRequest, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    audio: np.ndarray | None = None
+    duration: float | None = None
+    problems: dict[str, tuple[str, str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Probe:
+    has_video: bool
+    has_audio: bool
+    duration: float | None
+    video_duration: float | None
+    audio_duration: float | None
+    rotation: int
+
+
+class DecodeError(Exception):
+    """A clip's media could not be decoded (message names the file and reason)."""
+
+
+# --- probing ---------------------------------------------------------------------
+def _float(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def probe(path: str) -> Probe:
+    """Streams, durations and rotation of a media file (ffprobe); DecodeError if unreadable."""
+    try:
+        out = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", path],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except FileNotFoundError:  # no ffprobe: fall back to what decord can tell
+        return Probe(True, True, None, None, None, 0)
+    if out.returncode != 0:
+        msg = out.stderr.decode(errors="replace").strip().splitlines()
+        raise DecodeError(f"cannot read media: {msg[-1] if msg else 'ffprobe failed'}")
+    info = json.loads(out.stdout or b"{}")
+    streams = info.get("streams", [])
+    video = [s for s in streams if s.get("codec_type") == "video"
+             and not (s.get("disposition") or {}).get("attached_pic")]
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    rotation = 0
+    if video:
+        v = video[0]
+        for sd in v.get("side_data_list") or []:
+            if "rotation" in sd:
+                rotation = int(round(float(sd["rotation"])))
+        if not rotation and "rotate" in (v.get("tags") or {}):
+            rotation = -int(v["tags"]["rotate"])  # tag is clockwise, side data counterclockwise
+    fmt = _float((info.get("format") or {}).get("duration"))
+    return Probe(
+        has_video=bool(video),
+        has_audio=bool(audio),
+        duration=fmt,
+        video_duration=_float(video[0].get("duration")) if video else None,
+        audio_duration=_float(audio[0].get("duration")) if audio else None,
+        rotation=rotation % 360,
+    )
+
+
+# --- frame selection -------------------------------------------------------------
+def interval_times(length: float, seconds: float) -> np.ndarray:
+    """t = 0, seconds, 2*seconds ... < length; always at least t = 0."""
+    n = max(1, int(math.ceil(length / seconds - 1e-9))) if length > 0 else 1
+    return np.arange(n, dtype=np.float64) * seconds
+
+
+def select_frames(
+    frame_starts: np.ndarray, start: float, end: float, req: FrameRequest
+) -> np.ndarray:
+    """Frame indices for ``req`` in [start, end) given each frame's start time."""
+    n = len(frame_starts)
+    if req.kind == "interval":
+        ts = start + interval_times(end - start, req.seconds)
+        idx = np.searchsorted(frame_starts, ts + 1e-6, side="right") - 1
+        return np.clip(idx, 0, n - 1)
+    i0 = int(np.searchsorted(frame_starts, start - 1e-6, side="left"))
+    i1 = int(np.searchsorted(frame_starts, end - 1e-6, side="left"))
+    i0 = min(i0, n - 1)
+    i1 = max(min(i1, n), i0 + 1)
+    bounds = np.linspace(i0, i1, req.count + 1)
+    idx = np.floor((bounds[:-1] + bounds[1:]) / 2).astype(np.int64)
+    return np.clip(idx, i0, i1 - 1)
+
+
+# --- decoding one clip -----------------------------------------------------------
+def _decode_video(job: DecodeJob, pr: Probe, res: DecodeResult) -> float | None:
+    from decord import VideoReader, cpu
+
+    vr = VideoReader(job.path, ctx=cpu(0), num_threads=1)
+    n = len(vr)
+    if n == 0:
+        raise DecodeError("video stream has no frames")
+    stamps = np.asarray(vr.get_frame_timestamp(np.arange(n)))[:, 0].astype(np.float64)
+    media_len = float(vr.get_frame_timestamp(n - 1)[1])
+    start = float(job.start or 0.0)
+    if start >= media_len:
+        raise DecodeError(f"start {start:g}s is past the end of the video ({media_len:.2f}s)")
+    end = min(float(job.end), media_len) if job.end is not None else media_len
+    if end <= start:
+        raise DecodeError(f"end {end:g}s is not after start {start:g}s")
+    picks = {req: select_frames(stamps, start, end, req) for req in job.frame_requests}
+    union = np.unique(np.concatenate(list(picks.values())))
+    # decord applies the display-matrix rotation itself (checked against ffmpeg's autorotate)
+    batch = vr.get_batch(union.tolist()).asnumpy()
+    where = {int(i): k for k, i in enumerate(union)}
+    for req, idx in picks.items():
+        frames = batch[[where[int(i)] for i in idx]]
+        times = np.maximum(stamps[idx] - start, 0.0).astype(np.float32)
+        res.frames[req] = (np.ascontiguousarray(frames, dtype=np.uint8), times)
+    return end - start
+
+
+def _decode_audio(job: DecodeJob, pr: Probe) -> tuple[np.ndarray, float]:
+    from decord import AudioReader, cpu
+
+    ar = AudioReader(job.path, ctx=cpu(0), sample_rate=SAMPLE_RATE, mono=True)
+    samples = np.asarray(ar[:].asnumpy(), dtype=np.float32).reshape(-1)
+    got = len(samples) / SAMPLE_RATE
+    expected = pr.audio_duration or pr.duration
+    if expected is not None:
+        short = expected - got
+        if short > AUDIO_SHORTFALL_TOLERANCE_S + AUDIO_SHORTFALL_TOLERANCE_FRAC * expected:
+            raise DecodeError(
+                f"audio decodes to {got:.2f}s but the container says {expected:.2f}s (corrupt or truncated file)"
+            )
+    start = float(job.start or 0.0)
+    if start >= got:
+        raise DecodeError(f"start {start:g}s is past the end of the audio ({got:.2f}s)")
+    end = min(float(job.end), got) if job.end is not None else got
+    if end <= start:
+        raise DecodeError(f"end {end:g}s is not after start {start:g}s")
+    a, b = int(round(start * SAMPLE_RATE)), int(round(end * SAMPLE_RATE))
+    return np.ascontiguousarray(samples[a:b]), end - start
+
+
+_DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+?\.(?:cc|h):\d+: ")
+
+
+def _short(exc: BaseException) -> str:
+    """A one-line reason from decord's multi-line, source-path-laden messages."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    line = _DECORD_PREFIX.sub("", lines[0] if lines else type(exc).__name__)
+    return line[:300]
+
+
+def decode_clip(job: DecodeJob) -> DecodeResult:
+    """Decode one clip. Never raises: problems are reported per modality."""
+    t0 = time.perf_counter()
+    res = DecodeResult(job.clip_id)
+    wanted = (["video"] if job.frame_requests else []) + (["audio"] if job.want_audio else [])
+
+    def fail_all(kind: str, msg: str) -> DecodeResult:
+        for m in wanted:
+            res.problems[m] = (kind, msg)
+        res.seconds = time.perf_counter() - t0
+        return res
+
+    if not wanted:
+        return fail_all("error", "nothing to decode")
+    if not job.path:
+        return fail_all("absent", "the manifest row has no video or audio")
+    if not os.path.exists(job.path):
+        return fail_all("error", f"file not found: {job.path}")
+    if os.path.getsize(job.path) == 0:
+        return fail_all("error", f"empty file (0 bytes): {job.path}")
+    try:
+        pr = probe(job.path)
+    except DecodeError as exc:
+        return fail_all("error", str(exc))
+    durations = []
+    if job.frame_requests:
+        if not pr.has_video:
+            res.problems["video"] = ("absent", "no video stream")
+        else:
+            try:
+                durations.append(_decode_video(job, pr, res))
+            except Exception as exc:  # noqa: BLE001 - reported per clip
+                res.problems["video"] = ("error", f"video decode failed: {_short(exc)}")
+                res.frames.clear()
+    if job.want_audio:
+        if not pr.has_audio:
+            res.problems["audio"] = ("absent", "no audio stream")
+        else:
+            try:
+                res.audio, dur = _decode_audio(job, pr)
+                durations.append(dur)
+            except Exception as exc:  # noqa: BLE001
+                res.problems["audio"] = ("error", f"audio decode failed: {_short(exc)}")
+    res.duration = max(durations) if durations else None
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Send fd 2 to /dev/null for the block (ffmpeg inside decord writes there directly)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _worker_init() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import decord
+
+        decord.logging.set_level(decord.logging.QUIET)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _mp_context() -> Any:
+    """spawn (no inherited threads or locks), unless __main__ cannot be re-imported
+    (python - < script, notebooks): then fork."""
+    import sys
+
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file and not os.path.exists(main_file):
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
+# --- the pool --------------------------------------------------------------------
+def default_workers() -> int:
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, n - 1))
+
+
+class DecoderPool:
+    """Decode clips in child processes, ahead of the consumer, surviving decoder crashes.
+
+    ``workers=0`` decodes in the calling thread (no isolation; for debugging).
+    ``imap(jobs)`` yields ``(job, DecodeResult)`` in job order, keeping up to
+    ``window`` clips decoding ahead. A child that dies (segfault, abort) breaks
+    the pool: it is restarted, the clip at the head is retried alone, and if it
+    kills the decoder again it is reported as an error; the others are resubmitted.
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        window: int | None = None,
+        timeout_s: float = 600.0,
+        fn: Any = None,
+    ):
+        self.fn = fn or decode_clip  # a module-level function (picklable); tests swap it
+        self.workers = default_workers() if workers is None else int(workers)
+        self.window = window or max(4, 4 * max(1, self.workers))
+        self.timeout_s = timeout_s
+        self._ex: ProcessPoolExecutor | None = None
+        self.restarts = 0
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._ex is None:
+            self._ex = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=_mp_context(), initializer=_worker_init
+            )
+        return self._ex
+
+    def _kill(self) -> None:
+        ex, self._ex = self._ex, None
+        if ex is None:
+            return
+        for p in list((getattr(ex, "_processes", None) or {}).values()):
+            with contextlib.suppress(Exception):
+                p.kill()
+        with contextlib.suppress(Exception):
+            ex.shutdown(wait=True, cancel_futures=True)
+
+    def close(self) -> None:
+        ex, self._ex = self._ex, None
+        if ex is not None:
+            ex.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "DecoderPool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _submit(self, job: DecodeJob) -> Future:
+        return self._executor().submit(self.fn, job)
+
+    def _crashed(self, job: DecodeJob, why: str) -> DecodeResult:
+        res = DecodeResult(job.clip_id)
+        for m in (["video"] if job.frame_requests else []) + (["audio"] if job.want_audio else []):
+            res.problems[m] = ("error", why)
+        return res
+
+    def _alone(self, job: DecodeJob) -> DecodeResult:
+        """Run one job by itself on a fresh pool; a second crash marks the clip failed."""
+        self._kill()
+        self.restarts += 1
+        try:
+            return self._submit(job).result(timeout=self.timeout_s)
+        except BrokenProcessPool:
+            self._kill()
+            return self._crashed(job, "decoder process crashed on this file (corrupt media?)")
+        except FutureTimeout:
+            self._kill()
+            return self._crashed(job, f"decoding took longer than {self.timeout_s:g}s")
+
+    def imap(self, jobs: Iterable[DecodeJob]) -> Iterator[tuple[DecodeJob, DecodeResult]]:
+        it = iter(jobs)
+        if self.workers <= 0:
+            for job in it:
+                with quiet_stderr():
+                    yield job, self.fn(job)
+            return
+        pending: deque[tuple[DecodeJob, Future]] = deque()
+
+        def refill() -> None:
+            while len(pending) < self.window:
+                job = next(it, None)
+                if job is None:
+                    return
+                pending.append((job, self._submit(job)))
+
+        refill()
+        while pending:
+            job, fut = pending.popleft()
+            try:
+                res = fut.result(timeout=self.timeout_s)
+            except (BrokenProcessPool, FutureTimeout) as exc:
+                res = self._alone(job) if isinstance(exc, BrokenProcessPool) else self._crashed(
+                    job, f"decoding took longer than {self.timeout_s:g}s"
+                )
+                if isinstance(exc, FutureTimeout):
+                    self._kill()
+                    self.restarts += 1
+                pending = deque((j, self._submit(j)) for j, _ in pending)
+            yield job, res
+            refill()
