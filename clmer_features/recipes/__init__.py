@@ -1,1 +1,64 @@
-"""Dataset recipes: official label files -> manifests."""
+"""Dataset recipes: official label files -> manifests.
+
+``build_manifest("meld", ROOT, "meld.csv")`` reads the dataset's own label
+files under ROOT, writes a manifest (CSV or Parquet by extension) and a
+problem report beside it (``<manifest>.report.txt``), and returns the rows and
+the report. One module per dataset; each has ``NAME``, ``OPTIONS`` (extra
+``key=value`` options it accepts) and ``build(root, keep_missing=..., **options)``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from types import ModuleType
+
+from clmer_features.recipes.common import RecipeError, RecipeReport, RecipeResult, write_manifest
+
+MODULES = ("chsims2", "mosei", "meld", "iemocap", "dfew", "mer2025")
+ALIASES = {
+    "ch-sims-v2": "chsims2", "chsimsv2": "chsims2", "simsv2": "chsims2", "ch-sims2": "chsims2",
+    "cmu-mosei": "mosei", "cmumosei": "mosei", "mer-2025": "mer2025",
+}
+
+__all__ = ["available", "get_recipe", "build_manifest", "RecipeError", "RecipeReport", "RecipeResult"]
+
+
+def available() -> list[str]:
+    return list(MODULES)
+
+
+def get_recipe(name: str) -> ModuleType:
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in MODULES:
+        raise RecipeError(f"unknown dataset {name!r}; recipes: {', '.join(MODULES)}")
+    return importlib.import_module(f"clmer_features.recipes.{key}")
+
+
+def build_manifest(
+    dataset: str,
+    root: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    keep_missing: bool = False,
+    options: dict[str, str] | None = None,
+) -> RecipeResult:
+    """Run a recipe and write its manifest and report. Raises RecipeError when nothing is usable."""
+    recipe = get_recipe(dataset)
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(recipe.OPTIONS))
+    if unknown:
+        accepted = ", ".join(f"{k} ({v})" for k, v in recipe.OPTIONS.items()) or "none"
+        raise RecipeError(f"{recipe.NAME}: unknown option(s) {unknown}; accepted: {accepted}")
+    root = Path(root)
+    if not root.is_dir():
+        raise RecipeError(f"{root}: dataset folder not found")
+    result = recipe.build(root, keep_missing=keep_missing, **options)
+    out = Path(out)
+    report_path = out.with_name(out.name + ".report.txt")
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(result.report.full_text(), encoding="utf-8")
+    if not result.rows:
+        raise RecipeError(f"{recipe.NAME}: no usable rows under {root}\n{result.report.summary()}")
+    write_manifest(result.rows, out)
+    return result
