@@ -1,0 +1,241 @@
+"""emotion2vec through funasr: 50 Hz frame rows and the utterance vector.
+
+One forward pass per window gives both: the frame rows (``values`` [T, D],
+``times`` = start of each 20 ms frame, seconds from the clip start) and the
+utterance vector (``pooled``, the mean of the frame rows, which is what
+funasr's ``granularity="utterance"`` returns for audio that fits one window).
+
+The model's memory grows with the square of the audio length (attention and
+its ALiBi bias are T x T), so long audio is cut into equal windows of at most
+``window_seconds`` (aligned to the 320-sample frame hop) and each window runs
+alone; the window length is in the spec. emotion2vec runs one clip at a time.
+
+funasr is careful about nothing we need it careful about: a missing folder
+sends it to the network, and a checkpoint whose keys or shapes differ from
+the model is loaded silently with random weights where they differ. So the
+folder is checked before funasr sees it and the checkpoint's keys and shapes
+are compared with the model's own after loading.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clmer_features.errors import ModelNotFoundError
+from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, register
+from clmer_features.models import ensure_offline, weights_digest
+from clmer_features.spec import FeatureSpec
+
+SAMPLE_RATE = 16000
+FRAME_HOP = 320  # samples between frames of the conv front end (50 Hz)
+MIN_SAMPLES = 400  # receptive field of one frame (25 ms): shorter audio gives no frame
+
+
+class CheckpointMismatchError(ModelNotFoundError):
+    """The checkpoint's tensors do not match the model its config builds."""
+
+
+class NoAudioError(ValueError):
+    """The clip has no audio to work on."""
+
+
+def clip_audio(clip: DecodedClip) -> np.ndarray:
+    """The clip's 16 kHz mono samples as float32, or an error saying why there are none."""
+    if clip.audio is None:
+        kind, why = clip.problems.get("audio", ("absent", "clip has no audio"))
+        raise NoAudioError(f"{clip.clip_id}: no audio ({kind}: {why})")
+    audio = np.asarray(clip.audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"{clip.clip_id}: audio must be mono [samples], got shape {audio.shape}")
+    if not np.isfinite(audio).all():
+        raise ValueError(f"{clip.clip_id}: audio holds NaN or infinite samples")
+    return audio
+
+
+def window_bounds(n_samples: int, window_samples: int, hop: int = FRAME_HOP) -> list[tuple[int, int]]:
+    """Cut ``n_samples`` into the fewest equal windows of at most ``window_samples``,
+    boundaries on multiples of ``hop`` so the frame grid runs on across windows."""
+    if n_samples <= window_samples:
+        return [(0, n_samples)]
+    count = math.ceil(n_samples / window_samples)
+    cuts = [0]
+    for i in range(1, count):
+        cuts.append(int(round(i * n_samples / count / hop)) * hop)
+    cuts.append(n_samples)
+    return [(a, b) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def _hub_id(model_dir: Path, fallback: str) -> str:
+    """The hub id a folder says it holds (configuration.json ``model_name_in_hub``)."""
+    meta = model_dir / "configuration.json"
+    try:
+        names = json.loads(meta.read_text(encoding="utf-8")).get("model_name_in_hub") or {}
+    except (OSError, ValueError, AttributeError):
+        return fallback
+    return str(names.get("hf") or names.get("ms") or fallback)
+
+
+def compare_checkpoint(model_state: dict[str, Any], ckpt_state: dict[str, Any]) -> list[str]:
+    """Problems between a model's state_dict and a checkpoint's: missing keys,
+    unexpected keys, different shapes (funasr would load all of these silently)."""
+    ckpt = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt_state.items()}
+    missing = sorted(set(model_state) - set(ckpt))
+    unexpected = sorted(set(ckpt) - set(model_state))
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
+    if unexpected:
+        problems.append(
+            f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else "")
+        )
+    for k in sorted(set(model_state) & set(ckpt)):
+        a, b = tuple(model_state[k].shape), tuple(getattr(ckpt[k], "shape", ()))
+        if a != b:
+            problems.append(f"shape of {k}: model {a} != checkpoint {b}")
+    return problems
+
+
+def _unwrap_checkpoint(obj: Any) -> dict[str, Any]:
+    """The state dict inside a funasr/fairseq checkpoint (same unwrapping as funasr)."""
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise CheckpointMismatchError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+@register
+class Emotion2vecExtractor(Extractor):
+    """emotion2vec (base / plus) frame rows at 50 Hz and the utterance vector."""
+
+    name = "emotion2vec"
+    input = "audio"
+    default_model = "emotion2vec/emotion2vec_base"
+    format_version = 1
+
+    def __init__(self, model_dir: Path, device: str = "cpu", *, window_seconds: float = 30.0, **params: Any) -> None:
+        if params:
+            raise TypeError(f"emotion2vec: unknown parameter(s) {sorted(params)}; known: window_seconds")
+        window_seconds = float(window_seconds)
+        if not window_seconds >= 1.0:
+            raise ValueError(f"emotion2vec: window_seconds must be >= 1, not {window_seconds}")
+        super().__init__(model_dir, device, window_seconds=window_seconds)
+        self.window_seconds = window_seconds
+        self._auto: Any = None
+        self._model: Any = None
+        self._normalize = True
+
+    # --- spec -----------------------------------------------------------------
+    def spec(self) -> FeatureSpec:
+        self._check_folder()
+        return FeatureSpec.create(
+            self.name,
+            model_id=_hub_id(self.model_dir, self.default_model),
+            weights_digest=weights_digest(self.model_dir),
+            format_version=self.format_version,
+            params={
+                "window_seconds": self.window_seconds,
+                "window_split": "equal, hop-aligned",
+                "layer": "last",
+                "frame_hz": SAMPLE_RATE // FRAME_HOP,
+                "times": "frame start",
+                "pooled": "mean of frame rows",
+                "precision": "fp32",
+            },
+        )
+
+    # --- loading --------------------------------------------------------------
+    def _check_folder(self) -> None:
+        d = self.model_dir
+        if not d.is_dir():
+            raise ModelNotFoundError(
+                f"emotion2vec model folder {d} does not exist (nothing is downloaded; "
+                f"put {self.default_model} there or pass --model emotion2vec=PATH)"
+            )
+        if not (d / "config.yaml").is_file() and not (d / "configuration.json").is_file():
+            raise ModelNotFoundError(f"emotion2vec model folder {d} lacks config.yaml")
+        if not (d / "model.pt").is_file():
+            raise ModelNotFoundError(f"emotion2vec model folder {d} lacks model.pt")
+
+    def load(self) -> None:
+        if self._model is not None:
+            return
+        self._check_folder()  # before funasr: a missing path would send it to the hub
+        ensure_offline()
+        import torch
+        from funasr import AutoModel
+
+        auto = AutoModel(
+            model=str(self.model_dir.resolve()),
+            device=self.device,
+            disable_update=True,
+            disable_pbar=True,
+            disable_log=True,
+            ncpu=torch.get_num_threads(),  # funasr would otherwise set the process to 4 threads
+            log_level="WARNING",
+        )
+        model = auto.model
+        ckpt_path = auto.kwargs.get("init_param") or str(self.model_dir / "model.pt")
+        ckpt = _unwrap_checkpoint(torch.load(ckpt_path, map_location="cpu", weights_only=False))
+        problems = compare_checkpoint(model.state_dict(), ckpt)
+        if problems:
+            raise CheckpointMismatchError(
+                f"emotion2vec checkpoint {ckpt_path} does not match the model its config builds: "
+                + "; ".join(problems)
+            )
+        model.eval()
+        self._normalize = bool(getattr(model.cfg, "normalize", False))
+        self._auto, self._model = auto, model
+
+    def unload(self) -> None:
+        self._auto = self._model = None
+
+    # --- extraction -----------------------------------------------------------
+    def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
+        self.load()
+        out: list[ClipOutput | Exception] = []
+        for clip in clips:  # one clip at a time: lengths differ and memory grows as T^2
+            try:
+                out.append(self.embed(clip_audio(clip), clip.clip_id))
+            except Exception as exc:  # noqa: BLE001 - one bad clip must not stop the batch
+                out.append(exc)
+        return out
+
+    def embed(self, audio: np.ndarray, clip_id: str = "clip") -> ClipOutput:
+        """Frame rows, their times and the utterance vector for 16 kHz mono samples."""
+        import torch
+        import torch.nn.functional as F
+
+        self.load()
+        n = int(audio.shape[0])
+        if n < MIN_SAMPLES:
+            raise ValueError(
+                f"{clip_id}: audio too short for emotion2vec ({n} samples = {n / SAMPLE_RATE * 1000:.1f} ms; "
+                f"needs at least {MIN_SAMPLES} = 25 ms)"
+            )
+        device = next(self._model.parameters()).device
+        rows: list[np.ndarray] = []
+        times: list[np.ndarray] = []
+        bounds = window_bounds(n, int(round(self.window_seconds * SAMPLE_RATE)))
+        with torch.inference_mode():
+            for a, b in bounds:
+                if b - a < MIN_SAMPLES:  # cannot happen with windows >= 1 s, kept as a guard
+                    continue
+                source = torch.from_numpy(np.ascontiguousarray(audio[a:b])).to(device)
+                if self._normalize:
+                    source = F.layer_norm(source, source.shape)
+                x = self._model.extract_features(source.view(1, -1), padding_mask=None)["x"][0]
+                x = x.float().cpu().numpy()
+                rows.append(x)
+                times.append((a + np.arange(x.shape[0]) * FRAME_HOP) / SAMPLE_RATE)
+        values = np.concatenate(rows, axis=0).astype(np.float32, copy=False)
+        return ClipOutput(
+            values=values,
+            times=np.concatenate(times).astype(np.float32),
+            pooled=values.mean(axis=0),  # float32 mean, as funasr computes it
+        )
