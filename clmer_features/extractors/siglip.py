@@ -1,0 +1,133 @@
+"""SigLIP vision tower, pooled: one row per sampled frame (every 2 s by default).
+
+Preprocessing is transformers' own SiglipImageProcessor in its PIL flavour
+(``SiglipImageProcessorPil``) loaded from the model folder, so the numbers
+equal a direct ``processor(images) -> SiglipVisionModel`` forward (a test
+proves it). The PIL flavour is used always, never the torchvision one, so
+a machine with torchvision gives the same numbers as one without.
+Frames of all clips in a batch go through the model together (fp16 on GPU).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clmer_features.errors import ModelNotFoundError
+from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, FrameRequest, register
+from clmer_features.models import ensure_offline, require_files, weights_digest
+from clmer_features.spec import FeatureSpec
+
+
+def load_image_processor(model_dir: Path) -> Any:
+    """The folder's SigLIP image processor, PIL backend (no torchvision)."""
+    ensure_offline()
+    import transformers
+
+    cls = getattr(transformers, "SiglipImageProcessorPil", None) or transformers.SiglipImageProcessor
+    return cls.from_pretrained(str(model_dir), local_files_only=True)
+
+
+@register
+class SiglipExtractor(Extractor):
+    name = "siglip"
+    input = "video"
+    default_model = "google/siglip-base-patch16-224"
+    format_version = 1
+
+    def __init__(self, model_dir: Path, device: str = "cpu", *, frame_interval: float = 2.0,
+                 frame_batch: int = 64, **params: Any) -> None:
+        super().__init__(model_dir, device, **params)
+        self.frame_interval = float(frame_interval)
+        self.frame_batch = int(frame_batch)
+        self.model: Any = None
+        self.processor: Any = None
+
+    def frame_request(self) -> FrameRequest:
+        return FrameRequest.interval(self.frame_interval)
+
+    def _preprocess_config(self) -> dict[str, Any]:
+        require_files(self.model_dir, ("config.json", "preprocessor_config.json"), self.name)
+        cfg = json.loads((self.model_dir / "preprocessor_config.json").read_text(encoding="utf-8"))
+        keys = ("size", "resample", "rescale_factor", "image_mean", "image_std", "do_resize",
+                "do_rescale", "do_normalize")
+        return {k: cfg[k] for k in keys if k in cfg}
+
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec.create(
+            self.name,
+            extractor=self.name,
+            model_id=self.default_model if not self.params.get("model_id") else str(self.params["model_id"]),
+            weights_digest=weights_digest(self.model_dir),
+            format_version=self.format_version,
+            params={
+                "frame_interval": self.frame_interval,
+                "output": "pooler_output",
+                "preprocess": {"processor": "SiglipImageProcessorPil", **self._preprocess_config()},
+            },
+        )
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        require_files(self.model_dir, ("config.json", "preprocessor_config.json"), self.name)
+        ensure_offline()
+        import torch
+        from transformers import SiglipVisionModel
+
+        model, info = SiglipVisionModel.from_pretrained(
+            str(self.model_dir), local_files_only=True, output_loading_info=True
+        )
+        if info.get("missing_keys"):
+            raise ModelNotFoundError(
+                f"{self.model_dir}: SigLIP weights lack {len(info['missing_keys'])} tensors of the vision "
+                f"tower (e.g. {info['missing_keys'][0]}); is this a SigLIP checkpoint?"
+            )
+        model.eval()
+        if self.device.startswith("cuda"):
+            model = model.to(self.device, dtype=torch.float16)
+        self.model = model
+        self.processor = load_image_processor(self.model_dir)
+
+    def unload(self) -> None:
+        self.model = None
+        self.processor = None
+
+    def embed_frames(self, frames: np.ndarray) -> np.ndarray:
+        """[F, H, W, 3] uint8 RGB -> [F, D] float32 pooled embeddings."""
+        import torch
+
+        self.load()
+        out = []
+        for i in range(0, len(frames), self.frame_batch):
+            chunk = [f for f in frames[i:i + self.frame_batch]]
+            pix = self.processor(images=chunk, return_tensors="pt")["pixel_values"]
+            pix = pix.to(self.model.device, dtype=self.model.dtype)
+            with torch.inference_mode():
+                pooled = self.model(pixel_values=pix).pooler_output
+            out.append(pooled.float().cpu().numpy())
+        dim = self.model.config.hidden_size
+        return np.concatenate(out, axis=0) if out else np.zeros((0, dim), np.float32)
+
+    def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
+        req = self.frame_request()
+        results: list[ClipOutput | Exception] = []
+        ok: list[tuple[int, np.ndarray]] = []
+        for i, c in enumerate(clips):
+            if req not in c.frames or len(c.frames[req][0]) == 0:
+                kind, why = c.problems.get("video", ("absent", "no frames decoded"))
+                results.append(ValueError(f"{c.clip_id}: no frames ({kind}: {why})"))
+            else:
+                results.append(ClipOutput())
+                ok.append((i, c.frames[req][0]))
+        if not ok:
+            return results
+        emb = self.embed_frames(np.concatenate([f for _, f in ok], axis=0))
+        pos = 0
+        for i, f in ok:
+            n = len(f)
+            results[i] = ClipOutput(values=emb[pos:pos + n], times=clips[i].frames[req][1])
+            pos += n
+        return results
