@@ -170,18 +170,21 @@ def read_manifest(
         raise ManifestError(str(path), [f"{path}: manifest file not found"])
     raw, fmt = _read_table(path)
     name = path.name
-    problems: list[str] = []
+    found: list[tuple[int, str]] = []
 
     def problem(i: int | None, col: str | None, what: str) -> None:
         where = name if i is None else f"{name} {_row_ref(fmt, i)}"
-        problems.append(f"{where}, column {col!r}: {what}" if col else f"{where}: {what}")
+        found.append((-1 if i is None else i, f"{where}, column {col!r}: {what}" if col else f"{where}: {what}"))
+
+    def problems() -> list[str]:  # in file order
+        return [msg for _, msg in sorted(found, key=lambda t: t[0])]
 
     if "clip_id" not in raw.columns:
         problem(None, None, f"missing required column 'clip_id' (columns: {', '.join(raw.columns) or 'none'})")
     if not any(c in raw.columns for c in (*MEDIA_COLUMNS, "text")):
         problem(None, None, "needs at least one of the columns 'video', 'audio', 'text'")
-    if problems:
-        raise ManifestError(str(path), problems)
+    if found:
+        raise ManifestError(str(path), problems())
 
     cols: dict[str, pl.Series] = {}
     for col in raw.columns:
@@ -240,8 +243,8 @@ def read_manifest(
         for i in (df["start"] >= df["end"]).fill_null(False).arg_true().to_list():
             problem(i, "end", f"start ({df['start'][i]}) >= end ({df['end'][i]})")
 
-    if problems:
-        raise ManifestError(str(path), problems[:MAX_SHOWN_PROBLEMS], total=len(problems))
+    if found:
+        raise ManifestError(str(path), problems()[:MAX_SHOWN_PROBLEMS], total=len(found))
 
     for col in (*MEDIA_COLUMNS, "text", "start", "end", "language", "label", "label_value", "split", "fold", "speaker"):
         if col not in df.columns:
