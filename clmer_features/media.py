@@ -51,6 +51,7 @@ class DecodeJob:
     end: float | None = None
     frame_requests: tuple[FrameRequest, ...] = ()
     want_audio: bool = False
+    audio_path: str | None = None  # a separate audio file (manifest 'audio' next to 'video')
 
 
 @dataclass
@@ -182,7 +183,7 @@ def _decode_video(job: DecodeJob, pr: Probe, res: DecodeResult) -> float | None:
 def _decode_audio(job: DecodeJob, pr: Probe) -> tuple[np.ndarray, float]:
     from decord import AudioReader, cpu
 
-    ar = AudioReader(job.path, ctx=cpu(0), sample_rate=SAMPLE_RATE, mono=True)
+    ar = AudioReader(job.audio_path or job.path, ctx=cpu(0), sample_rate=SAMPLE_RATE, mono=True)
     samples = np.asarray(ar[:].asnumpy(), dtype=np.float32).reshape(-1)
     got = len(samples) / SAMPLE_RATE
     expected = pr.audio_duration or pr.duration
@@ -247,11 +248,24 @@ def decode_clip(job: DecodeJob) -> DecodeResult:
                 res.problems["video"] = ("error", f"video decode failed: {_short(exc)}")
                 res.frames.clear()
     if job.want_audio:
-        if not pr.has_audio:
+        apr = pr
+        if job.audio_path and job.audio_path != job.path:
+            if not os.path.exists(job.audio_path) or os.path.getsize(job.audio_path) == 0:
+                apr = None
+                res.problems["audio"] = ("error", f"missing or empty audio file: {job.audio_path}")
+            else:
+                try:
+                    apr = probe(job.audio_path)
+                except DecodeError as exc:
+                    apr = None
+                    res.problems["audio"] = ("error", str(exc))
+        if apr is None:
+            pass
+        elif not apr.has_audio:
             res.problems["audio"] = ("absent", "no audio stream")
         else:
             try:
-                res.audio, dur = _decode_audio(job, pr)
+                res.audio, dur = _decode_audio(job, apr)
                 durations.append(dur)
             except Exception as exc:  # noqa: BLE001
                 res.problems["audio"] = ("error", f"audio decode failed: {_short(exc)}")

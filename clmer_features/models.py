@@ -47,6 +47,23 @@ def ensure_offline() -> None:
         pass
 
 
+def quiet_transformers() -> None:
+    """No load reports, no weight-loading progress bars (the engine has its own bar)."""
+    try:
+        from transformers.utils import logging as tlog
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def parse_overrides(items: list[str] | tuple[str, ...] | None) -> dict[str, Path]:
     """Parse ``FEATURE=PATH`` strings (the ``--model`` option) into a dict."""
     out: dict[str, Path] = {}

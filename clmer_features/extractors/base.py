@@ -132,6 +132,30 @@ class Extractor(abc.ABC):
         """
         return "text" if self.input == "text" else "media"
 
+    def writer_input(self) -> str:
+        """The store writer's ``input`` (which manifest key column finds this feature's clips)."""
+        return "text" if self.input == "text" else "media"
+
+    def missing_input(self, clip: "DecodedClip") -> tuple[str, str] | None:
+        """``(kind, why)`` when ``clip`` lacks this extractor's input, else None.
+
+        kind is ``"absent"`` (the clip has no such modality) or ``"error"``.
+        """
+        if self.input == "video":
+            req = self.frame_request()
+            got = clip.frames.get(req) if req is not None else None
+            if got is not None and len(got[0]) > 0:
+                return None
+            return clip.problems.get("video", ("absent", "no video"))
+        if self.input == "audio":
+            if clip.audio is not None and len(clip.audio) > 0:
+                return None
+            return clip.problems.get("audio", ("absent" if clip.audio is None else "error",
+                                              "no audio" if clip.audio is None else "empty audio"))
+        if clip.text is not None and clip.text.strip():
+            return None
+        return clip.problems.get("text", ("absent", "no text"))
+
     def prepare(self, context: Any) -> None:
         """Hook called once per run before ``spec()``/planning (e.g. to find
         transcripts in the store). ``context`` is the engine's RunContext."""

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, register
-from clmer_features.models import ensure_offline, require_files, weights_digest
+from clmer_features.models import ensure_offline, quiet_transformers, require_files, weights_digest
 from clmer_features.spec import FeatureSpec
 
 
@@ -100,6 +100,7 @@ class BertExtractor(Extractor):
             return
         require_files(self.model_dir, ("config.json",), self.name)
         ensure_offline()
+        quiet_transformers()
         import torch
         from transformers import AutoTokenizer, BertModel
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from clmer_features.errors import ModelNotFoundError
 from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, FrameRequest, register
-from clmer_features.models import ensure_offline, require_files, weights_digest
+from clmer_features.models import ensure_offline, quiet_transformers, require_files, weights_digest
 from clmer_features.spec import FeatureSpec
 
 
@@ -74,6 +74,7 @@ class SiglipExtractor(Extractor):
             return
         require_files(self.model_dir, ("config.json", "preprocessor_config.json"), self.name)
         ensure_offline()
+        quiet_transformers()
         import torch
         from transformers import SiglipVisionModel
 
