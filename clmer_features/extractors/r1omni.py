@@ -1,0 +1,240 @@
+"""R1-Omni's two towers, cached: SigLIP patch tokens and pooled Whisper frames.
+
+R1-Omni (HumanOmni-0.5B + RLVR) spends most of its compute here; with these
+two features in the store, ``clmer-fusion r1omni`` decodes from the cache.
+
+``r1omni_vision``: the middle frame of each of 8 equal segments, resized (not
+padded) by SigLIP's image processor, SigLIP's ``hidden_states[-2]`` for every
+patch: ``8 x 196 x 768`` per clip for siglip-base-patch16-224, stored as
+``[8*196, 768]`` rows (``params.shape`` gives the per-clip shape; ``times`` is
+each row's frame time). A clip with fewer than 8 decodable frames gets black
+frames appended, as R1-Omni does.
+
+``r1omni_audio``: 16 kHz mono, Whisper's feature extractor (128 mel bins,
+padded or cut to 30 s), the Whisper encoder's ``last_hidden_state``
+(``1500 x 1280`` for whisper-large-v3) average-pooled with kernel 3, stride 3:
+``500 x 1280``. ``times`` is each pooled row's start (60 ms apart); rows past
+the end of the audio describe padding, exactly what R1-Omni feeds its LLM.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clmer_features.errors import ModelNotFoundError
+from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, FrameRequest, register
+from clmer_features.models import ensure_offline, require_files, weights_digest
+from clmer_features.spec import FeatureSpec
+
+SAMPLE_RATE = 16000
+MAX_SECONDS = 30.0
+POOL = 3
+ENCODER_HOP_SECONDS = 0.02  # one Whisper encoder frame per 20 ms
+
+
+class MissingModalityError(ValueError):
+    """The clip has no video (or no audio) for this tower."""
+
+
+def _config(model_dir: Path, feature: str) -> dict[str, Any]:
+    require_files(model_dir, ("config.json",), feature)
+    return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+
+
+def _torch_dtype(device: str) -> Any:
+    import torch
+
+    return torch.float16 if str(device).startswith("cuda") else torch.float32
+
+
+# --- pure tower functions (also used by tests' on-the-fly path) ----------------
+def siglip_patch_tokens(model: Any, processor: Any, frames: np.ndarray, layer: int = -2) -> np.ndarray:
+    """``frames [F, H, W, 3] uint8`` -> ``[F, N, D]`` float32 patch tokens of ``hidden_states[layer]``."""
+    import torch
+
+    pixels = processor(images=list(frames), return_tensors="pt")["pixel_values"]
+    p = next(model.parameters())
+    with torch.no_grad():
+        out = model(pixel_values=pixels.to(device=p.device, dtype=p.dtype), output_hidden_states=True)
+    return out.hidden_states[layer].float().cpu().numpy()
+
+
+def whisper_pooled(encoder: Any, feature_extractor: Any, audio: list[np.ndarray]) -> np.ndarray:
+    """16 kHz clips -> ``[B, 1500/3, D]`` float32: 30 s log-mels, encoder, avg-pool k=3."""
+    import torch
+
+    feats = feature_extractor(
+        [np.asarray(a, dtype=np.float32) for a in audio], sampling_rate=SAMPLE_RATE,
+        return_tensors="pt", padding="max_length", truncation=True,
+    )["input_features"]
+    p = next(encoder.parameters())
+    with torch.no_grad():
+        hidden = encoder(feats.to(device=p.device, dtype=p.dtype)).last_hidden_state  # [B, 1500, D]
+        pooled = torch.nn.functional.avg_pool1d(hidden.transpose(1, 2), kernel_size=POOL, stride=POOL)
+    return pooled.transpose(1, 2).float().cpu().numpy()
+
+
+def pad_frames(frames: np.ndarray, times: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Append black frames (time of the last frame) until there are ``count``."""
+    if len(frames) >= count:
+        return frames[:count], times[:count]
+    if len(frames) == 0:
+        raise MissingModalityError("no video frames decoded")
+    extra = count - len(frames)
+    black = np.zeros((extra, *frames.shape[1:]), dtype=frames.dtype)
+    return np.concatenate([frames, black]), np.concatenate([times, np.full(extra, times[-1], times.dtype)])
+
+
+@register
+class R1OmniVisionExtractor(Extractor):
+    """SigLIP layer -2 patch tokens of 8 segment-middle frames (R1-Omni's video tower)."""
+
+    name = "r1omni_vision"
+    input = "video"
+    default_model = "google/siglip-base-patch16-224"
+    format_version = 1
+
+    def __init__(self, model_dir: Path, device: str = "cpu", *, num_frames: int = 8, layer: int = -2,
+                 **params: Any) -> None:
+        if params:
+            raise TypeError(f"r1omni_vision: unknown parameter(s) {sorted(params)}; known: num_frames, layer")
+        super().__init__(model_dir, device, num_frames=int(num_frames), layer=int(layer))
+        self.num_frames = int(num_frames)
+        self.layer = int(layer)
+        self._model: Any = None
+        self._processor: Any = None
+
+    def frame_request(self) -> FrameRequest:
+        return FrameRequest.segments(self.num_frames)
+
+    def _shape(self) -> tuple[int, int, int]:
+        cfg = _config(self.model_dir, self.name)
+        vcfg = cfg.get("vision_config", cfg)
+        try:
+            side = int(vcfg["image_size"]) // int(vcfg["patch_size"])
+            return self.num_frames, side * side, int(vcfg["hidden_size"])
+        except KeyError as exc:
+            raise ModelNotFoundError(f"{self.model_dir}/config.json lacks {exc} (a SigLIP folder?)") from None
+
+    def spec(self) -> FeatureSpec:
+        frames, tokens, dim = self._shape()
+        return FeatureSpec.create(
+            self.name,
+            model_id=self.default_model,
+            weights_digest=weights_digest(self.model_dir),
+            format_version=self.format_version,
+            params={
+                "frames": "segments", "num_frames": frames, "layer": self.layer, "resize": "squash",
+                "shape": [frames, tokens, dim], "dtype": "float16",
+            },
+        )
+
+    def load(self) -> None:
+        if self._model is not None:
+            return
+        ensure_offline()
+        require_files(self.model_dir, ("config.json", "preprocessor_config.json"), self.name)
+        from transformers import SiglipImageProcessor, SiglipVisionModel
+
+        self._processor = SiglipImageProcessor.from_pretrained(str(self.model_dir))
+        model = SiglipVisionModel.from_pretrained(str(self.model_dir), dtype=_torch_dtype(self.device))
+        self._model = model.to(self.device).eval()
+
+    def unload(self) -> None:
+        self._model = self._processor = None
+
+    def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
+        self.load()
+        req = self.frame_request()
+        out: list[ClipOutput | Exception] = []
+        for clip in clips:
+            try:
+                if req not in clip.frames:
+                    kind, why = clip.problems.get("video", ("absent", "clip has no video"))
+                    raise MissingModalityError(f"{clip.clip_id}: no video ({kind}: {why})")
+                frames, times = pad_frames(*clip.frames[req], self.num_frames)
+                tokens = siglip_patch_tokens(self._model, self._processor, frames, self.layer)
+                f, n, d = tokens.shape
+                out.append(ClipOutput(values=tokens.reshape(f * n, d), times=np.repeat(times.astype(np.float32), n)))
+            except Exception as exc:  # noqa: BLE001 - one clip's failure goes to the ledger
+                out.append(exc)
+        return out
+
+
+@register
+class R1OmniAudioExtractor(Extractor):
+    """Whisper encoder output pooled by 3 over 30 s of audio (R1-Omni's audio tower)."""
+
+    name = "r1omni_audio"
+    input = "audio"
+    default_model = "openai/whisper-large-v3"
+    format_version = 1
+
+    def __init__(self, model_dir: Path, device: str = "cpu", **params: Any) -> None:
+        if params:
+            raise TypeError(f"r1omni_audio: unknown parameter(s) {sorted(params)}; it has none")
+        super().__init__(model_dir, device)
+        self._encoder: Any = None
+        self._fe: Any = None
+
+    def spec(self) -> FeatureSpec:
+        cfg = _config(self.model_dir, self.name)
+        try:
+            rows = int(cfg["max_source_positions"]) // POOL
+            dim, mels = int(cfg["d_model"]), int(cfg.get("num_mel_bins", 128))
+        except KeyError as exc:
+            raise ModelNotFoundError(f"{self.model_dir}/config.json lacks {exc} (a Whisper folder?)") from None
+        return FeatureSpec.create(
+            self.name,
+            model_id=self.default_model,
+            weights_digest=weights_digest(self.model_dir),
+            format_version=self.format_version,
+            params={
+                "sample_rate": SAMPLE_RATE, "n_mels": mels, "max_seconds": MAX_SECONDS,
+                "pool": "avg", "pool_kernel": POOL, "pool_stride": POOL,
+                "shape": [rows, dim], "dtype": "float16",
+            },
+        )
+
+    def load(self) -> None:
+        if self._encoder is not None:
+            return
+        ensure_offline()
+        require_files(self.model_dir, ("config.json", "preprocessor_config.json"), self.name)
+        from transformers import WhisperFeatureExtractor, WhisperForAudioClassification
+
+        self._fe = WhisperFeatureExtractor.from_pretrained(str(self.model_dir))
+        model = WhisperForAudioClassification.from_pretrained(str(self.model_dir), dtype=_torch_dtype(self.device))
+        self._encoder = model.encoder.to(self.device).eval()
+
+    def unload(self) -> None:
+        self._encoder = self._fe = None
+
+    def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
+        self.load()
+        out: list[ClipOutput | Exception] = [MissingModalityError("not run")] * len(clips)
+        ok: list[int] = []
+        audio: list[np.ndarray] = []
+        for i, clip in enumerate(clips):
+            if clip.audio is None:
+                kind, why = clip.problems.get("audio", ("absent", "clip has no audio"))
+                out[i] = MissingModalityError(f"{clip.clip_id}: no audio ({kind}: {why})")
+                continue
+            ok.append(i)
+            audio.append(np.asarray(clip.audio, dtype=np.float32)[: int(MAX_SECONDS * SAMPLE_RATE)])
+        if not ok:
+            return out
+        try:
+            pooled = whisper_pooled(self._encoder, self._fe, audio)
+        except Exception as exc:  # noqa: BLE001
+            for i in ok:
+                out[i] = exc
+            return out
+        step = ENCODER_HOP_SECONDS * POOL
+        for j, i in enumerate(ok):
+            rows = pooled[j]
+            out[i] = ClipOutput(values=rows, times=(np.arange(len(rows), dtype=np.float32) * step))
+        return out
