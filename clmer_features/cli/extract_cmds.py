@@ -1,6 +1,130 @@
-"""Placeholder: its owner replaces this module with real commands."""
+"""`clmer-features extract | export-transcripts | demo`: thin wrappers around the engine."""
+from __future__ import annotations
+
+from pathlib import Path
+
 import click
+
+from clmer_features.errors import ClmerError
+
+
+def _registered() -> list[str]:
+    from clmer_features.extractors import available
+
+    return available()
+
+
+def _feature_list(value: str) -> list[str]:
+    from clmer_features.extractors import available
+
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    known = available()
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise click.BadParameter(f"unknown feature(s) {', '.join(bad)}; available: {', '.join(known)}")
+    if not names:
+        raise click.BadParameter("give at least one feature, e.g. siglip,bert")
+    return names
+
+
+@click.command("extract")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--features", "-f", required=True, metavar="A,B,...",
+              help=f"Comma-separated features to extract; one or more of: {', '.join(_registered())}.")
+@click.option("--cache", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False),
+              help="Store root; the dataset's store is CACHE/<dataset>.")
+@click.option("--models-dir", type=click.Path(file_okay=False),
+              help="Folder of models laid out like hub repos, e.g. DIR/google/siglip-base-patch16-224 "
+                   "(default: $CLMER_MODELS_DIR).")
+@click.option("--model", "model", multiple=True, metavar="FEATURE=PATH",
+              help="Model folder for one feature (repeatable); wins over --models-dir.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where models run; cuda uses fp16.")
+@click.option("--dataset", help="Dataset name (store folder); default: the manifest file's stem.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Clips per model batch (frames/texts of these clips go through together).")
+@click.option("--partition-size", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Clips per part written to the store (the unit of resume).")
+@click.option("--decode-workers", type=click.IntRange(min=0), default=None,
+              help="Decoder processes (default: CPUs-1, at most 4; 0 decodes in-process).")
+@click.option("--retry-failed", is_flag=True, help="Try clips again that failed in earlier runs.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def extract_cmd(manifest: str, features: str, cache_dir: str, models_dir: str | None, model: tuple[str, ...],
+                device: str, dataset: str | None, batch_size: int, partition_size: int,
+                decode_workers: int | None, retry_failed: bool, no_progress: bool) -> None:
+    """Extract FEATURES for every clip of MANIFEST that the cache lacks.
+
+    \b
+    Each clip is decoded once for all features; a rerun does only what is
+    missing (nothing at all on an unchanged manifest). A clip that cannot be
+    decoded or encoded goes to the ledger with its reason; the run goes on.
+    Nothing is downloaded: models come from --models-dir / --model.
+    \b
+    Example:
+      clmer-features extract clips.csv -f siglip,emotion2vec,asr,bert \\
+          --cache cache --models-dir /models
+    """
+    from clmer_features.engine import extract
+    from clmer_features.models import parse_overrides
+
+    summary = extract(
+        manifest, _feature_list(features), cache_dir, models_dir=models_dir,
+        model_overrides=parse_overrides(model), device=device, batch_size=batch_size,
+        retry_failed=retry_failed, dataset=dataset, partition_size=partition_size,
+        decode_workers=decode_workers, progress=not no_progress,
+    )
+    click.echo(summary.format())
+
+
+@click.command("export-transcripts")
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--cache", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
+@click.option("--dataset", help="Dataset name (store folder); default: the manifest file's stem.")
+@click.option("-o", "--output", default="transcription_results.csv", show_default=True,
+              type=click.Path(dir_okay=False), help="CSV to write.")
+def export_transcripts_cmd(manifest: str, cache_dir: str, dataset: str | None, output: str) -> None:
+    """Write the ASR transcripts of MANIFEST's clips to a CSV (transcription_results.csv)."""
+    from clmer_features.manifest import read_manifest
+    from clmer_features.store import open_store
+
+    try:
+        from clmer_features.extractors.asr import export_transcripts
+    except ImportError as exc:
+        raise ClmerError(f"the asr extractor is not available: {exc}") from None
+    m = read_manifest(manifest, dataset=dataset)
+    store = open_store(cache_dir, m.dataset)
+    store.write_clips(m)
+    result = export_transcripts(store, Path(output))
+    click.echo(f"wrote {output}" + (f" ({result} rows)" if isinstance(result, int) else ""))
+
+
+@click.command("demo")
+@click.option("--workdir", default="demo_run", show_default=True, type=click.Path(file_okay=False),
+              help="Where the demo media, manifest and cache go.")
+@click.option("--clips", type=click.IntRange(min=8, max=200), default=32, show_default=True,
+              help="Number of demo clips (half English, half Mandarin).")
+@click.option("--models-dir", type=click.Path(file_okay=False),
+              help="Real models laid out like hub repos (siglip/emotion2vec); tiny random ones otherwise.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--meld", type=click.Path(file_okay=False), default=None,
+              help="MELD folder for English sentences and labels (default: ../shared/data/meld if present).")
+def demo_cmd(workdir: str, clips: int, models_dir: str | None, device: str, meld: str | None) -> None:
+    """Run the whole pipeline on a small bilingual demo set and print a results table.
+
+    \b
+    Makes English and Mandarin clips (espeak-ng speech, ffmpeg video), extracts
+    siglip, emotion2vec, asr (real faster-whisper tiny.en for English) and bert
+    (real MiniLM), trains a head from the cache and prints its scores.
+    """
+    from clmer_features.demo import run_demo
+
+    report = run_demo(Path(workdir), n_clips=clips, models_dir=models_dir, device=device, meld=meld,
+                      echo=click.echo)
+    click.echo(report)
 
 
 def register(group: click.Group) -> None:
-    """Add this topic's commands to ``group``."""
+    """Add extract, export-transcripts and demo to ``group``."""
+    group.add_command(extract_cmd)
+    group.add_command(export_transcripts_cmd)
+    group.add_command(demo_cmd)
