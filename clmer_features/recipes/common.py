@@ -260,7 +260,7 @@ def report_unlabelled(index: MediaIndex, report: RecipeReport, what: str, limit:
     """Media files that no label row refers to: reported (not added), capped at ``limit`` lines."""
     extra = index.unused()
     for p in extra[:limit]:
-        report.add("unlabelled_media", str(p.parent), None, None, f"{what} {p.name} has no label row", dropped=False)
+        report.add("unlabelled_media", str(p.parent), None, None, f"{what} {p.name} is not in the manifest (no label row, or its row was dropped)", dropped=False)
     if len(extra) > limit:
         report.note(f"{len(extra) - limit} more {what} files without a label row not listed")
 

@@ -108,8 +108,6 @@ def build(root: Path, *, keep_missing: bool = False, classes: str = "4", media: 
                     "dialog": dialog, "emotion_code": code, "valence": float(m["v"]),
                     "activation": float(m["a"]), "dominance": float(m["d"]),
                 }
-                if row["text"] is None:
-                    report.add("missing_text", fname, lineno, "text", f"{utt} not in transcriptions/{ev.name}", dropped=False)
                 if media == "wav":
                     assert wavs is not None
                     path = resolve_media(wavs, utt, report, fname, lineno, "utterance")
@@ -127,6 +125,8 @@ def build(root: Path, *, keep_missing: bool = False, classes: str = "4", media: 
                         continue
                 else:
                     row[col] = str(path.resolve())
+                if row["text"] is None:
+                    report.add("missing_text", fname, lineno, "text", f"{utt} not in transcriptions/{ev.name}", dropped=False)
                 seen[utt] = fname
                 rows.append(row)
     if excluded:
