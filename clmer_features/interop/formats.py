@@ -243,7 +243,7 @@ class MmsaSource:
                     n = arr.shape[1] if arr.ndim == 3 else 0
                     shape = tuple(arr.shape[1:])
                 yield Entry(cid, shape, arr.dtype,
-                            lambda i=i, n=n: ((arr[i, :n] if arr.ndim == 3 else arr[i]), None))
+                            lambda i=i, n=n, arr=arr: ((arr[i, :n] if arr.ndim == 3 else arr[i]), None))
 
     def close(self) -> None:
         pass
