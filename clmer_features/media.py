@@ -74,6 +74,8 @@ class Probe:
     video_duration: float | None
     audio_duration: float | None
     rotation: int
+    width: int = 0
+    height: int = 0
 
 
 class DecodeError(Exception):
@@ -124,6 +126,8 @@ def probe(path: str) -> Probe:
         video_duration=_float(video[0].get("duration")) if video else None,
         audio_duration=_float(audio[0].get("duration")) if audio else None,
         rotation=rotation % 360,
+        width=int(video[0].get("width") or 0) if video else 0,
+        height=int(video[0].get("height") or 0) if video else 0,
     )
 
 
@@ -170,14 +174,37 @@ def _decode_video(job: DecodeJob, pr: Probe, res: DecodeResult) -> float | None:
         raise DecodeError(f"end {end:g}s is not after start {start:g}s")
     picks = {req: select_frames(stamps, start, end, req) for req in job.frame_requests}
     union = np.unique(np.concatenate(list(picks.values())))
-    # decord applies the display-matrix rotation itself (checked against ffmpeg's autorotate)
-    batch = vr.get_batch(union.tolist()).asnumpy()
+    if pr.rotation:
+        # decord 0.6 mis-sizes rotated frames (wrong shape, 4 channels, or an error): let ffmpeg
+        # decode them, upright as players show them
+        batch = ffmpeg_frames(job.path or "", stamps[union], pr)
+    else:
+        batch = vr.get_batch(union.tolist()).asnumpy()
     where = {int(i): k for k, i in enumerate(union)}
     for req, idx in picks.items():
         frames = batch[[where[int(i)] for i in idx]]
         times = np.maximum(stamps[idx] - start, 0.0).astype(np.float32)
         res.frames[req] = (np.ascontiguousarray(frames, dtype=np.uint8), times)
     return end - start
+
+
+def ffmpeg_frames(path: str, times: np.ndarray, pr: Probe) -> np.ndarray:
+    """Frames starting at ``times`` (seconds), decoded and auto-rotated by ffmpeg: [F, H, W, 3]."""
+    w, h = (pr.height, pr.width) if pr.rotation in (90, 270) else (pr.width, pr.height)
+    out: list[np.ndarray] = []
+    for t in times:
+        proc = subprocess.run(
+            ["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{max(float(t) - 1e-4, 0.0):.6f}", "-i", path,
+             "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:"],
+            capture_output=True, timeout=120, check=False,
+        )
+        if len(proc.stdout) == w * h * 3:
+            out.append(np.frombuffer(proc.stdout, np.uint8).reshape(h, w, 3))
+        elif out:
+            out.append(out[-1])
+        else:
+            raise DecodeError(f"ffmpeg could not decode a frame at {float(t):.2f}s")
+    return np.stack(out)
 
 
 def _decode_audio(job: DecodeJob, pr: Probe) -> tuple[np.ndarray, float]:

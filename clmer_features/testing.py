@@ -102,17 +102,23 @@ def make_video(path: str | Path, seconds: float = 5.0, *, size: tuple[int, int] 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     w, h = size
-    args = ["-f", "lavfi", "-i", f"{pattern}=size={w}x{h}:rate={fps}:duration={seconds}"]
+    ew, eh = w + w % 2, h + h % 2  # test sources round odd sizes; scale to the odd size after
+    args = ["-f", "lavfi", "-i", f"{pattern}=size={ew}x{eh}:rate={fps}:duration={seconds}"]
     if audio:
         args += ["-f", "lavfi", "-i", f"sine=frequency={freq}:sample_rate={audio_rate}:duration={seconds}"]
     args += ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-preset", "ultrafast"]
     if w % 2 or h % 2:
         args[args.index("yuv420p")] = "yuv444p"
+        args += ["-vf", f"scale={w}:{h}"]
     if audio:
         args += ["-c:a", "aac", "-shortest"]
-    if rotate is not None:
-        args += ["-metadata:s:v:0", f"rotate={rotate}"]
-    _ffmpeg(*args, str(path))
+    if rotate is None:
+        _ffmpeg(*args, str(path))
+        return path
+    plain = path.with_name(path.stem + ".norot" + path.suffix)
+    _ffmpeg(*args, str(plain))  # rotation metadata sticks on a stream copy, not on an encode
+    _ffmpeg("-i", str(plain), "-c", "copy", "-metadata:s:v:0", f"rotate={rotate}", str(path))
+    plain.unlink()
     return path
 
 
@@ -182,3 +188,14 @@ def make_media_set(folder: str | Path) -> dict[str, Path]:
     out["empty"] = d / "empty.mp4"
     out["empty"].write_bytes(b"")
     return out
+
+
+def crashing_decode(job: Any) -> Any:
+    """A decode function for DecoderPool tests: kills its process on clips named crash*."""
+    import os
+
+    from clmer_features.media import decode_clip
+
+    if job.clip_id.startswith("crash"):
+        os.abort()
+    return decode_clip(job)

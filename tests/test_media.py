@@ -1,0 +1,136 @@
+"""Decoding: frame times, segments, audio resampling, absent vs broken, crash isolation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clmer_features import testing as T
+from clmer_features.extractors.base import FrameRequest
+from clmer_features.media import DecodeJob, DecoderPool, decode_clip, interval_times, select_frames
+
+from _extract_helpers import media  # noqa: F401  (fixture)
+
+EVERY2 = FrameRequest.interval(2.0)
+SEG8 = FrameRequest.segments(8)
+
+
+def job(path, clip_id="c", start=None, end=None, frames=(EVERY2,), audio=True):
+    return DecodeJob(clip_id, str(path), start, end, tuple(frames), audio)
+
+
+def test_interval_times_start_at_zero_and_cover_the_clip():
+    assert interval_times(5.0, 2.0).tolist() == [0.0, 2.0, 4.0]
+    assert interval_times(4.0, 2.0).tolist() == [0.0, 2.0]
+    assert interval_times(0.3, 2.0).tolist() == [0.0]
+    assert interval_times(0.0, 2.0).tolist() == [0.0]
+
+
+def test_segments_pick_middle_frames():
+    stamps = np.arange(80) / 10.0  # 8 s at 10 fps
+    idx = select_frames(stamps, 0.0, 8.0, SEG8)
+    assert idx.tolist() == [5, 15, 25, 35, 45, 55, 65, 75]
+    idx = select_frames(stamps, 2.0, 4.0, FrameRequest.segments(4))
+    assert idx.tolist() == [22, 27, 32, 37]
+
+
+def test_video_frames_every_two_seconds_and_audio_16k(media):
+    r = decode_clip(job(media["av"], frames=(EVERY2, SEG8)))
+    assert r.problems == {}
+    frames, times = r.frames[EVERY2]
+    assert frames.shape == (3, 48, 64, 3) and frames.dtype == np.uint8
+    assert times.tolist() == [0.0, 2.0, 4.0]
+    assert not np.array_equal(frames[0], frames[1])  # the pattern moves
+    seg, stimes = r.frames[SEG8]
+    assert seg.shape[0] == 8 and np.all(np.diff(stimes) > 0) and 0 < stimes[0] < 0.5
+    assert r.audio.dtype == np.float32 and abs(len(r.audio) / 16000 - 5.0) < 0.05
+    # a 440 Hz sine: the spectrum peaks there
+    spec = np.abs(np.fft.rfft(r.audio[:16000]))
+    assert abs(np.argmax(spec) - 440) <= 2
+
+
+def test_segment_with_start_end_and_short_clip(media):
+    r = decode_clip(job(media["av"], start=1.0, end=4.5))
+    assert r.frames[EVERY2][1].tolist() == [0.0, 2.0]
+    assert abs(len(r.audio) / 16000 - 3.5) < 0.01
+    r = decode_clip(job(media["av"], start=1.0, end=1.3))
+    assert r.frames[EVERY2][0].shape[0] == 1 and r.frames[EVERY2][1].tolist() == [0.0]
+    assert abs(len(r.audio) - 4800) <= 1
+
+
+def test_missing_streams_are_absent_not_errors(media):
+    r = decode_clip(job(media["noaudio"]))
+    assert r.problems == {"audio": ("absent", "no audio stream")}
+    assert r.audio is None and r.frames[EVERY2][0].shape[0] == 2
+    r = decode_clip(job(media["wav"]))
+    assert r.problems == {"video": ("absent", "no video stream")}
+    assert r.frames == {} and abs(len(r.audio) / 16000 - 2.5) < 0.01
+
+
+def test_8k_stereo_becomes_16k_mono(media):
+    r = decode_clip(job(media["wav8k"], frames=()))
+    assert r.audio.ndim == 1 and abs(len(r.audio) - 32000) <= 2
+    spec = np.abs(np.fft.rfft(r.audio[:16000]))
+    assert abs(np.argmax(spec) - 330) <= 2
+
+
+@pytest.mark.parametrize(
+    "kind, start, expect",
+    [
+        ("truncated", None, "cannot read media"),
+        ("empty", None, "empty file (0 bytes)"),
+        ("missing", None, "file not found"),
+        ("av", 9.0, "start 9s is past the end"),
+    ],
+)
+def test_broken_inputs_give_a_reason(media, tmp_path, kind, start, expect):
+    path = tmp_path / "nope.mp4" if kind == "missing" else media[kind]
+    r = decode_clip(job(path, start=start, end=None if start is None else start + 2))
+    assert set(r.problems) == {"video", "audio"}
+    for k, msg in r.problems.values():
+        assert k == "error" and expect in msg, msg
+    assert r.frames == {} and r.audio is None
+
+
+def test_corrupt_file_truncated_audio_is_a_failure(tmp_path):
+    src = T.make_video(tmp_path / "long.mp4", 20.0, size=(160, 120), fps=25)
+    bad = T.make_corrupt(src, tmp_path / "corrupt.mp4")
+    r = decode_clip(job(bad, frames=()))
+    kind, msg = r.problems["audio"]
+    assert kind == "error" and "container says 20.00s" in msg
+    assert r.audio is None
+
+
+def test_odd_size_rotation_and_unicode_name(media, tmp_path):
+    r = decode_clip(job(media["odd"]))
+    assert r.problems == {} and r.frames[EVERY2][0].shape[1:] == (47, 63, 3)
+    r = decode_clip(job(media["unicode"]))
+    assert r.problems == {} and r.frames[EVERY2][0].shape[0] == 1
+    rot = T.make_video(tmp_path / "rot.mp4", 2.0, size=(64, 48), rotate=90)
+    r = decode_clip(job(rot, audio=False))
+    # displayed upright, as ffmpeg shows it: portrait
+    assert r.frames[EVERY2][0].shape[1:] == (64, 48, 3)
+
+
+def test_pool_survives_a_crashing_decoder(media, capfd):
+    jobs = [job(media["av"], "a"), job(media["av"], "crash-1"), job(media["wav"], "b"), job(media["truncated"], "t")]
+    with DecoderPool(workers=1, fn=T.crashing_decode) as pool:
+        out = {j.clip_id: r for j, r in pool.imap(jobs)}
+        assert pool.restarts >= 1
+    assert list(out) == ["a", "crash-1", "b", "t"]
+    assert out["a"].problems == {} and out["a"].frames[EVERY2][0].shape[0] == 3
+    assert out["b"].problems == {"video": ("absent", "no video stream")}
+    assert out["crash-1"].problems["video"][0] == "error"
+    assert "crashed" in out["crash-1"].problems["video"][1]
+    assert "cannot read media" in out["t"].problems["video"][1]
+    # ffmpeg's complaints about the truncated file do not reach the terminal
+    assert "moov atom" not in capfd.readouterr().err
+
+
+def test_in_process_decoding_matches_the_pool(media):
+    jobs = [job(media["av"], "a", frames=(EVERY2, SEG8))]
+    with DecoderPool(workers=0) as p0, DecoderPool(workers=1) as p1:
+        (_, r0), = list(p0.imap(jobs))
+        (_, r1), = list(p1.imap(jobs))
+    for req in (EVERY2, SEG8):
+        assert np.array_equal(r0.frames[req][0], r1.frames[req][0])
+    assert np.array_equal(r0.audio, r1.audio)
