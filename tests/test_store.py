@@ -75,15 +75,33 @@ def test_round_trip_values_times_pooled(tmp_path, manifest):
 
 
 def test_many_clip_reads_hit_each_part_once(tmp_path, manifest, monkeypatch):
+    from clmer_features.store.rawread import RawRows
+
     store = open_store(tmp_path / "cache", "ds", create=True)
     store.write_clips(manifest)
     fill(store, manifest)
     r = store.feature("siglip")
     calls = []
-    orig = zarr.Array.__getitem__
-    monkeypatch.setattr(zarr.Array, "__getitem__", lambda self, sel: (calls.append(sel), orig(self, sel))[1])
+    orig = RawRows.read
+    monkeypatch.setattr(RawRows, "read", lambda self, a, b, out=None: (calls.append((a, b)), orig(self, a, b, out))[1])
     r.get_many(r.clip_ids)
-    assert len(calls) == 2  # two parts, one read each
+    assert len(calls) == 2  # two parts in storage order: one read each
+
+
+def test_raw_reads_equal_zarr_reads_and_fallback(tmp_path, manifest):
+    from clmer_features.store.rawread import RawRows
+
+    store = open_store(tmp_path / "cache", "ds", create=True)
+    store.write_clips(manifest)
+    fw = fill(store, manifest)
+    part = fw.committed_parts()[0]
+    raw = RawRows.open(part / "values")
+    arr = zarr.open_array(part / "values", mode="r")
+    for a, b in [(0, arr.shape[0]), (1, 3), (2, 2), (arr.shape[0] - 1, arr.shape[0])]:
+        np.testing.assert_array_equal(raw.read(a, b), arr[a:b])
+    # A compressed array is not ours to read byte-wise: the reader falls back to zarr.
+    z = zarr.create_array(tmp_path / "z", shape=(10, 4), chunks=(5, 4), shards=(10, 4), dtype="float16")
+    assert RawRows.open(tmp_path / "z") is None
 
 
 def test_exception_inside_a_part_leaves_nothing(tmp_path, manifest):

@@ -101,7 +101,7 @@ def verify(store: Store) -> VerifyReport:
             if not meta_path.exists():
                 rep.problems.append(f"{where}: part {part.name}: {L.PART_FILE} is missing")
                 continue
-            expected: dict[str, str] = L.read_json(meta_path)["files"]
+            expected: dict[str, dict] = L.read_json(meta_path)["files"]
             actual = {p.relative_to(part).as_posix() for p in part.rglob("*") if p.is_file()} - {L.PART_FILE}
             for rel in sorted(set(expected) - actual):
                 rep.problems.append(f"{where}: part {part.name}: file {rel} is missing")
@@ -109,8 +109,10 @@ def verify(store: Store) -> VerifyReport:
                 rep.problems.append(f"{where}: part {part.name}: unexpected file {rel}")
             for rel in sorted(set(expected) & actual):
                 rep.checked_files += 1
-                if L.sha256_file(part / rel) != expected[rel]:
-                    size = (part / rel).stat().st_size
+                size = (part / rel).stat().st_size
+                if size != expected[rel]["size"]:
+                    rep.problems.append(f"{where}: part {part.name}: {rel} is corrupt (truncated or grown: {size} bytes, expected {expected[rel]['size']})")
+                elif L.crc32_file(part / rel) != expected[rel]["crc32"]:
                     rep.problems.append(f"{where}: part {part.name}: {rel} is corrupt (checksum mismatch, {size} bytes)")
     return rep
 

@@ -18,6 +18,7 @@ import zarr
 from clmer_features.errors import StoreError
 from clmer_features.spec import FeatureSpec
 from clmer_features.store import layout as L
+from clmer_features.store.rawread import RawRows
 
 Pooling = Literal["mean", "max", "model"]
 
@@ -47,7 +48,8 @@ class FeatureReader:
         self.spec = FeatureSpec.from_dict(attrs["spec"])
         self.input: str = attrs.get("input", "media")
         self.provenance = attrs.get("provenance", {})
-        self._arrays: dict[tuple[str, str], zarr.Array] = {}
+        self._arrays: dict[tuple[str, str], zarr.Array | None] = {}
+        self._raws: dict[str, RawRows | None] = {}
 
     # ------------------------------------------------------------------ index
     @cached_property
@@ -97,15 +99,41 @@ class FeatureReader:
             self._arrays[key] = zarr.open_array(path, mode="r") if (path / "zarr.json").exists() else None
         return self._arrays[key]
 
-    def _empty(self) -> np.ndarray:
-        return np.zeros((0, 0), dtype=np.dtype(self.spec.params.get("dtype", "float16")))
+    def _raw(self, part: str) -> RawRows | None:
+        if part not in self._raws:
+            self._raws[part] = RawRows.open(self.dir / L.PARTS_DIR / part / "values")
+        return self._raws[part]
+
+    def _empty(self, rows: int = 0) -> np.ndarray:
+        return np.zeros((rows, self.dim), dtype=self.dtype)
+
+    @cached_property
+    def dim(self) -> int:
+        for part in self._index["part"].unique(maintain_order=True).to_list():
+            arr = self._array(part, "values")
+            if arr is not None:
+                return int(arr.shape[1])
+        return 0
+
+    @cached_property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.spec.params.get("dtype", "float16"))
+
+    def _read_values(self, part: str, start: int, end: int, out: np.ndarray) -> None:
+        raw = self._raw(part)
+        if raw is not None:
+            raw.read(start, end, out)
+        else:
+            out[...] = self._array(part, "values")[start:end]
 
     # ------------------------------------------------------------------ single clip
     def get(self, clip_id: str) -> np.ndarray:
         """Rows ``[T, D]`` of one clip, in the stored dtype."""
         loc = self._locate(clip_id)
-        arr = self._array(loc.part, "values")
-        return self._empty() if arr is None or loc.end == loc.start else arr[loc.start : loc.end]
+        out = self._empty(loc.end - loc.start)
+        if len(out):
+            self._read_values(loc.part, loc.start, loc.end, out)
+        return out
 
     def times(self, clip_id: str) -> np.ndarray | None:
         loc = self._locate(clip_id)
@@ -113,70 +141,76 @@ class FeatureReader:
         return None if arr is None else arr[loc.start : loc.end]
 
     # ------------------------------------------------------------------ many clips
-    def _by_part(self, clip_ids: Sequence[str]) -> dict[str, list[tuple[int, _Loc]]]:
-        groups: dict[str, list[tuple[int, _Loc]]] = {}
-        for i, cid in enumerate(clip_ids):
-            loc = self._locate(cid)
-            groups.setdefault(loc.part, []).append((i, loc))
-        return groups
-
-    def _read_rows(self, part: str, name: str, locs: list[tuple[int, _Loc]]) -> tuple[np.ndarray | None, int]:
-        """Read the smallest row span covering ``locs`` in one call; return it and its first row."""
-        arr = self._array(part, name)
-        if arr is None:
-            return None, 0
-        lo = min(l.start for _, l in locs)
-        hi = max(l.end for _, l in locs)
-        return (arr[lo:hi] if hi > lo else arr[0:0]), lo
-
-    def get_many(self, clip_ids: Sequence[str]) -> list[np.ndarray]:
-        """Rows of many clips, in the order asked; one read per part, not per clip."""
-        out: list[np.ndarray | None] = [None] * len(clip_ids)
-        for part, locs in self._by_part(clip_ids).items():
-            block, lo = self._read_rows(part, "values", locs)
-            for i, loc in locs:
-                out[i] = self._empty() if block is None else block[loc.start - lo : loc.end - lo]
-        return out  # type: ignore[return-value]
-
-    def times_many(self, clip_ids: Sequence[str]) -> list[np.ndarray | None]:
-        out: list[np.ndarray | None] = [None] * len(clip_ids)
-        for part, locs in self._by_part(clip_ids).items():
-            block, lo = self._read_rows(part, "times", locs)
-            for i, loc in locs:
-                out[i] = None if block is None else block[loc.start - lo : loc.end - lo]
-        return out
+    def _plan(self, clip_ids: Sequence[str]) -> tuple[list[_Loc], np.ndarray]:
+        locs = [self._locate(c) for c in clip_ids]
+        offsets = np.zeros(len(locs) + 1, dtype=np.int64)
+        np.cumsum([l.end - l.start for l in locs], out=offsets[1:])
+        return locs, offsets
 
     def sequences(self, clip_ids: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """All rows of the clips, concatenated ``[R, D]``, and ``offsets [N+1]``."""
+        """All rows of the clips, concatenated ``[R, D]`` in the order asked, and ``offsets [N+1]``.
+
+        Clips that lie next to each other in a part and in the request are read
+        with one call straight into the result (a whole part in storage order is
+        one read).
+        """
         clip_ids = self.clip_ids if clip_ids is None else list(clip_ids)
-        seqs = self.get_many(clip_ids)
-        offsets = np.concatenate([[0], np.cumsum([len(s) for s in seqs])]).astype(np.int64)
-        nonempty = [s for s in seqs if len(s)]
-        values = np.concatenate(nonempty, axis=0) if nonempty else self._empty()
-        return values, offsets
+        locs, offsets = self._plan(clip_ids)
+        out = self._empty(int(offsets[-1]))
+        i = 0
+        while i < len(locs):
+            j = i + 1
+            while j < len(locs) and locs[j].part == locs[i].part and locs[j].start == locs[j - 1].end:
+                j += 1
+            lo, hi = locs[i].start, locs[j - 1].end
+            if hi > lo:
+                self._read_values(locs[i].part, lo, hi, out[offsets[i] : offsets[j]])
+            i = j
+        return out, offsets
+
+    def get_many(self, clip_ids: Sequence[str]) -> list[np.ndarray]:
+        """Rows of many clips, in the order asked (views into one buffer; see ``sequences``)."""
+        values, offsets = self.sequences(clip_ids)
+        return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+    def times_many(self, clip_ids: Sequence[str]) -> list[np.ndarray | None]:
+        locs = [self._locate(c) for c in clip_ids]
+        cache: dict[str, np.ndarray | None] = {}
+        out: list[np.ndarray | None] = []
+        for loc in locs:
+            if loc.part not in cache:
+                arr = self._array(loc.part, "times")
+                cache[loc.part] = None if arr is None else arr[:]
+            block = cache[loc.part]
+            out.append(None if block is None else block[loc.start : loc.end])
+        return out
 
     def pooled(self, clip_ids: Sequence[str] | None = None, how: Pooling = "mean") -> np.ndarray:
         """One float32 row per clip: mean or max over its rows, or the model's own pooled vector."""
         clip_ids = self.clip_ids if clip_ids is None else list(clip_ids)
         if how == "model":
-            rows: list[np.ndarray | None] = [None] * len(clip_ids)
-            for part, locs in self._by_part(clip_ids).items():
-                arr = self._array(part, "pooled")
-                if arr is None:
-                    raise StoreError(f"{self.spec.feature}/{self.spec.spec_id} has no model-pooled vectors; use how='mean'")
-                block = arr[:]
-                for i, loc in locs:
-                    rows[i] = block[loc.item]
-            return np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+            blocks: dict[str, np.ndarray] = {}
+            rows = []
+            for loc in (self._locate(c) for c in clip_ids):
+                if loc.part not in blocks:
+                    arr = self._array(loc.part, "pooled")
+                    if arr is None:
+                        raise StoreError(f"{self.spec.feature}/{self.spec.spec_id} has no model-pooled vectors; use how='mean'")
+                    blocks[loc.part] = arr[:]
+                rows.append(blocks[loc.part][loc.item])
+            return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
         if how not in ("mean", "max"):
             raise ValueError(f"how must be 'mean', 'max' or 'model', not {how!r}")
-        out: list[np.ndarray | None] = [None] * len(clip_ids)
-        for cid_i, seq in enumerate(self.get_many(clip_ids)):
-            if len(seq) == 0:
-                raise StoreError(f"{self.spec.feature}: clip {clip_ids[cid_i]!r} has no rows to pool")
-            s = seq.astype(np.float32)
-            out[cid_i] = s.mean(axis=0) if how == "mean" else s.max(axis=0)
-        return np.stack(out) if out else np.zeros((0, 0), np.float32)  # type: ignore[arg-type]
+        values, offsets = self.sequences(clip_ids)
+        lengths = np.diff(offsets)
+        if (lengths == 0).any():
+            cid = clip_ids[int(np.argmax(lengths == 0))]
+            raise StoreError(f"{self.spec.feature}: clip {cid!r} has no rows to pool")
+        if not len(clip_ids):
+            return np.zeros((0, self.dim), np.float32)
+        if how == "mean":
+            return (np.add.reduceat(values, offsets[:-1], axis=0, dtype=np.float64) / lengths[:, None]).astype(np.float32)
+        return np.maximum.reduceat(values, offsets[:-1], axis=0).astype(np.float32)
 
     # ------------------------------------------------------------------ tables
     def records(self) -> pl.DataFrame:

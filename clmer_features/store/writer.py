@@ -29,6 +29,7 @@ from clmer_features.spec import FeatureSpec
 from clmer_features.store import layout as L
 
 CHUNK_ROWS = 512  # inner chunk of a part's value array; the whole part is one shard
+_PART_INDEX_SCHEMA = {"clip_key": pl.Utf8, "clip_id": pl.Utf8, "row_start": pl.Int64, "row_end": pl.Int64, "item": pl.Int64}
 
 
 def _provenance() -> dict[str, Any]:
@@ -63,6 +64,13 @@ class _Buffers:
     failures: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _nonfinite_rows(values: np.ndarray) -> np.ndarray:
+    """Rows holding NaN or inf (float16 by its exponent bits: 10x faster than np.isfinite)."""
+    if values.dtype == np.float16:
+        return ((values.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1)
+    return ~np.isfinite(values).all(axis=1)
+
+
 class PartWriter:
     """Collects one task's clips in memory and writes them as one part on commit."""
 
@@ -95,8 +103,6 @@ class PartWriter:
             v = v[None, :]
         if v.ndim != 2:
             raise StoreError(f"{self.fw.spec.feature}: clip {clip_id}: values must be [T, D], got shape {v.shape}")
-        if not np.isfinite(v).all():
-            raise StoreError(f"{self.fw.spec.feature}: clip {clip_id}: values contain NaN or inf")
         if times is not None:
             times = np.asarray(times, dtype=np.float32).reshape(-1)
             if times.shape[0] != v.shape[0]:
@@ -158,17 +164,18 @@ class PartWriter:
 
         g = zarr.open_group(tmp, mode="w-")
         n = len(b.keys)
-        if n:
-            g.create_array("clip_key", shape=(n,), dtype=str, chunks=(n,))[:] = np.array(b.keys, dtype=object)
-            g.create_array("clip_id", shape=(n,), dtype=str, chunks=(n,))[:] = np.array(b.ids, dtype=object)
-            g.create_array("offsets", shape=(n + 1,), dtype="int64", chunks=(n + 1,), compressors=None)[:] = offsets
         if rows:
+            values = np.concatenate([v.astype(self.dtype, copy=False) for v in b.values if v.shape[0]], axis=0)
+            bad = _nonfinite_rows(values)
+            if bad.any():
+                clip = int(np.searchsorted(offsets, int(np.argmax(bad)), side="right")) - 1
+                raise StoreError(f"{self.fw.spec.feature}: clip {b.ids[clip]}: values contain NaN or inf")
             chunk = min(CHUNK_ROWS, rows)
             shard = -(-rows // chunk) * chunk
             arr = g.create_array(
                 "values", shape=(rows, dim), dtype=self.dtype, chunks=(chunk, dim), shards=(shard, dim), compressors=None
             )
-            arr[:] = np.concatenate([v.astype(self.dtype, copy=False) for v in b.values if v.shape[0]], axis=0)
+            arr[:] = values
             if any(t is not None for t in b.times):
                 times = np.concatenate(
                     [t if t is not None else np.full(len(v), np.nan, np.float32) for t, v in zip(b.times, b.values)]
@@ -181,6 +188,11 @@ class PartWriter:
             pdim = pdims.pop()
             pooled = np.stack([p if p is not None else np.full(pdim, np.nan) for p in b.pooled]).astype(np.float32)
             g.create_array("pooled", shape=pooled.shape, dtype="float32", chunks=pooled.shape, compressors=None)[:] = pooled
+        if n:
+            pl.DataFrame(
+                {"clip_key": b.keys, "clip_id": b.ids, "row_start": offsets[:-1], "row_end": offsets[1:], "item": np.arange(n)},
+                schema=_PART_INDEX_SCHEMA,
+            ).write_parquet(tmp / L.INDEX_FILE)
         if b.records:
             pl.DataFrame(b.records, infer_schema_length=None).write_parquet(tmp / L.RECORDS_FILE)
         if b.failures:
@@ -240,8 +252,8 @@ class FeatureWriter:
         """Clip keys already in committed parts (successes, and failures unless told otherwise)."""
         done: set[str] = set()
         for part in self.committed_parts():
-            if (part / "clip_key" / "zarr.json").exists():
-                done.update(zarr.open_array(part / "clip_key", mode="r")[:].tolist())
+            if (part / L.INDEX_FILE).exists():
+                done.update(pl.read_parquet(part / L.INDEX_FILE, columns=["clip_key"])["clip_key"].to_list())
             if include_failed and (part / L.FAILURES_FILE).exists():
                 done.update(pl.read_parquet(part / L.FAILURES_FILE, columns=["clip_key"])["clip_key"].to_list())
         return done
@@ -266,22 +278,11 @@ class _PartContext:
 
 
 def _part_index(part: Path) -> pl.DataFrame:
-    """One row per successful clip in a part: key, id, row range, pooled row."""
-    if not (part / "clip_key" / "zarr.json").exists():
-        return pl.DataFrame(schema={"clip_key": pl.Utf8, "clip_id": pl.Utf8, "part": pl.Utf8, "row_start": pl.Int64, "row_end": pl.Int64, "item": pl.Int64})
-    keys = zarr.open_array(part / "clip_key", mode="r")[:].tolist()
-    ids = zarr.open_array(part / "clip_id", mode="r")[:].tolist()
-    offsets = zarr.open_array(part / "offsets", mode="r")[:]
-    return pl.DataFrame(
-        {
-            "clip_key": keys,
-            "clip_id": ids,
-            "part": [part.name] * len(keys),
-            "row_start": offsets[:-1].astype(np.int64),
-            "row_end": offsets[1:].astype(np.int64),
-            "item": np.arange(len(keys), dtype=np.int64),
-        },
-        schema={"clip_key": pl.Utf8, "clip_id": pl.Utf8, "part": pl.Utf8, "row_start": pl.Int64, "row_end": pl.Int64, "item": pl.Int64},
+    """One row per successful clip in a part: key, id, part, row range, item (pooled row)."""
+    path = part / L.INDEX_FILE
+    df = pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=_PART_INDEX_SCHEMA)
+    return df.with_columns(pl.lit(part.name, dtype=pl.Utf8).alias("part")).select(
+        "clip_key", "clip_id", "part", "row_start", "row_end", "item"
     )
 
 

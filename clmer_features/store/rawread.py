@@ -1,0 +1,105 @@
+"""Direct row reads from uncompressed, sharded zarr v3 arrays.
+
+zarr-python 3.1 decodes through an asyncio pipeline: about 1 ms a call and
+1.5-2.7 GB/s on a whole part, against 10+ GB/s for ``np.load`` of the same
+bytes from the page cache. The store writes values uncompressed with the
+``bytes`` codec inside one ``sharding_indexed`` shard per part, so a row
+range is a byte range: this module reads it with ``os.preadv`` straight into
+the caller's buffer, using the shard index the zarr v3 sharding spec defines
+(``(offset, nbytes)`` uint64 pairs at the end of the shard, then a crc32c).
+
+Anything else (compression, another layout, several shards) is declined:
+``RawRows.open`` returns None and the caller reads through zarr.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_EMPTY = 2**64 - 1
+
+
+@dataclass
+class RawRows:
+    path: Path  # the shard file
+    shape: tuple[int, int]
+    dtype: np.dtype
+    chunk_rows: int
+    chunk_offsets: np.ndarray  # byte offset of each inner chunk in the shard (or -1: empty)
+
+    @classmethod
+    def open(cls, array_dir: Path) -> "RawRows | None":
+        try:
+            meta = json.loads((array_dir / "zarr.json").read_text())
+        except (OSError, ValueError):
+            return None
+        shape = tuple(meta.get("shape", ()))
+        codecs = meta.get("codecs", [])
+        if len(shape) != 2 or len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
+            return None
+        cfg = codecs[0]["configuration"]
+        inner = cfg.get("codecs", [])
+        if (
+            [c.get("name") for c in inner] != ["bytes"]
+            or inner[0].get("configuration", {}).get("endian", "little") != "little"
+            or cfg.get("index_location", "end") != "end"
+            or [c.get("name") for c in cfg.get("index_codecs", [])] != ["bytes", "crc32c"]
+        ):
+            return None
+        shard_shape = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        chunk_shape = cfg["chunk_shape"]
+        if shard_shape[0] < shape[0] or shard_shape[1] != shape[1] or chunk_shape[1] != shape[1]:
+            return None  # more than one shard: not what the store writes
+        sep = meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/")
+        if meta.get("chunk_key_encoding", {}).get("name", "default") != "default":
+            return None
+        shard = array_dir / sep.join(["c", "0", "0"])
+        n_inner = shard_shape[0] // chunk_shape[0]
+        try:
+            size = shard.stat().st_size
+            with open(shard, "rb") as f:
+                f.seek(size - (16 * n_inner + 4))
+                index = np.frombuffer(f.read(16 * n_inner), dtype="<u8").reshape(n_inner, 2)
+        except (OSError, ValueError):
+            return None
+        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        row_bytes = shape[1] * dtype.itemsize
+        offsets = np.where(index[:, 0] == _EMPTY, -1, index[:, 0].astype(np.int64))
+        if ((index[:, 0] != _EMPTY) & (index[:, 1] != chunk_shape[0] * row_bytes)).any():
+            return None
+        return cls(shard, (shape[0], shape[1]), dtype, chunk_shape[0], offsets)
+
+    def read(self, start: int, end: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``[start, end)``; into ``out`` (C-contiguous, right shape and dtype) when given."""
+        n, d = end - start, self.shape[1]
+        if out is None:
+            out = np.empty((n, d), dtype=self.dtype)
+        if n <= 0:
+            return out
+        row_bytes = d * self.dtype.itemsize
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            done = 0
+            row = start
+            while row < end:
+                k = row // self.chunk_rows
+                stop = min(end, (k + 1) * self.chunk_rows)
+                nbytes = (stop - row) * row_bytes
+                target = buf[done : done + nbytes]
+                if self.chunk_offsets[k] < 0:
+                    out[row - start : stop - start] = 0  # never written: zarr's fill value
+                else:
+                    pos = int(self.chunk_offsets[k]) + (row - k * self.chunk_rows) * row_bytes
+                    got = os.preadv(fd, [target], pos)
+                    if got != nbytes:
+                        raise OSError(f"{self.path}: short read ({got} of {nbytes} bytes at {pos}); run `clmer-features verify`")
+                done += nbytes
+                row = stop
+        finally:
+            os.close(fd)
+        return out
