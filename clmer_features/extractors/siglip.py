@@ -96,14 +96,14 @@ class SiglipExtractor(Extractor):
         self.model = None
         self.processor = None
 
-    def embed_frames(self, frames: np.ndarray) -> np.ndarray:
-        """[F, H, W, 3] uint8 RGB -> [F, D] float32 pooled embeddings."""
+    def embed_frames(self, frames: list[np.ndarray] | np.ndarray) -> np.ndarray:
+        """F frames [H, W, 3] uint8 RGB (sizes may differ) -> [F, D] float32 pooled embeddings."""
         import torch
 
         self.load()
         out = []
         for i in range(0, len(frames), self.frame_batch):
-            chunk = [f for f in frames[i:i + self.frame_batch]]
+            chunk = list(frames[i:i + self.frame_batch])
             pix = self.processor(images=chunk, return_tensors="pt")["pixel_values"]
             pix = pix.to(self.model.device, dtype=self.model.dtype)
             with torch.inference_mode():
@@ -125,7 +125,7 @@ class SiglipExtractor(Extractor):
                 ok.append((i, c.frames[req][0]))
         if not ok:
             return results
-        emb = self.embed_frames(np.concatenate([f for _, f in ok], axis=0))
+        emb = self.embed_frames([frame for _, f in ok for frame in f])
         pos = 0
         for i, f in ok:
             n = len(f)
