@@ -199,3 +199,26 @@ def test_cli_import_export(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["import", "mmsa", str(tmp_path / "x.h5"), "-m", str(man), "-f", "p", "--cache", cache,
                                  "--key", "audio"])
     assert r.exit_code != 0 and "allow-pickle" in str(r.exception)
+
+
+def test_blocked_hdf5_paths_and_partial_times(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small blocks force the streaming export and the blocked import through many flushes/reads."""
+    from clmer_features.interop import exporter, formats
+
+    monkeypatch.setattr(exporter, "FLUSH_ROWS", 3)
+    monkeypatch.setattr(formats._BlockReader, "BLOCK_ROWS", 2)
+    man = _manifest(tmp_path)
+    feats = _seq_feats(IDS, seed=5)
+    src = write_npy_folder(tmp_path / "src", feats)
+    (src / "times").mkdir()
+    timed = {c: np.linspace(0, 1, len(a), dtype=np.float32) for c, a in list(feats.items())[4:]}  # later clips only
+    for c, t in timed.items():
+        np.save(src / "times" / f"{encode_name(c)}.npy", t)
+    import_features("npy", src, man, "f", cache_dir=tmp_path / "cache", progress=False)
+    export_features("f", "hdf5", tmp_path / "o.h5", dataset="clips", cache_dir=tmp_path / "cache", progress=False)
+    with h5py.File(tmp_path / "o.h5") as h:
+        assert h["times"].shape[0] == h["values"].shape[0] == sum(len(a) for a in feats.values())
+    import_features("hdf5", tmp_path / "o.h5", man, "g", cache_dir=tmp_path / "cache", progress=False)
+    _assert_feature(tmp_path, "g", feats, timed)
+    f = open_store(tmp_path / "cache", "clips").feature("g")
+    assert np.isnan(f.times("a/b")).all()  # clips without timestamps stay without

@@ -27,6 +27,7 @@ from clmer_features.interop.formats import FORMATS, InteropError, encode_name
 from clmer_features.store import FeatureReader, open_store
 
 BATCH = 512
+FLUSH_ROWS = 1 << 16  # HDF5 packed export: rows buffered before each append
 
 
 @dataclass
@@ -132,26 +133,71 @@ def _write_h5(dest: Path, items: Iterator[tuple[str, np.ndarray, np.ndarray | No
                 if t is not None:
                     f.require_group("times").create_dataset(name, data=t)
             return
-        ids: list[str] = []
-        vals: list[np.ndarray] = []
-        times: list[np.ndarray | None] = []
-        for cid, v, t in items:
-            ids.append(cid)
-            vals.append(v)
-            times.append(t)
-        g.create_dataset("clip_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
-        dim = max((v.shape[1] for v in vals if v.ndim == 2 and v.shape[0]), default=0)
-        dtype = vals[0].dtype
-        if layout == "vector":
-            g.create_dataset("values", data=np.stack([v[0] for v in vals]).astype(dtype, copy=False))
-            return
-        offsets = np.concatenate([[0], np.cumsum([len(v) for v in vals])]).astype(np.int64)
-        nonempty = [v for v in vals if len(v)]
-        g.create_dataset("values", data=np.concatenate(nonempty) if nonempty else np.zeros((0, dim), dtype))
-        g.create_dataset("offsets", data=offsets)
-        if any(t is not None for t in times):
-            g.create_dataset("times", data=np.concatenate(
-                [t if t is not None else np.full(len(v), np.nan, np.float32) for t, v in zip(times, vals)]).astype(np.float32))
+        _write_h5_packed(g, items, layout, np.dtype(reader.spec.params.get("dtype", "float16")))
+
+
+class _Appender:
+    """A resizable HDF5 dataset filled in blocks (memory stays at one block)."""
+
+    def __init__(self, g, name: str, dtype: np.dtype, tail: tuple[int, ...], fill_rows: int = 0):
+        self.ds = g.create_dataset(name, shape=(0, *tail), maxshape=(None, *tail), dtype=dtype,
+                                   chunks=(max(1, min(4096, (1 << 20) // max(1, int(np.prod(tail or (1,)))))), *tail))
+        if fill_rows:  # rows written before this dataset existed (e.g. clips without timestamps)
+            self.append(np.full((fill_rows, *tail), np.nan, dtype))
+
+    def append(self, block: np.ndarray) -> None:
+        n = self.ds.shape[0]
+        self.ds.resize(n + len(block), axis=0)
+        self.ds[n:] = block
+
+
+def _write_h5_packed(g, items: Iterator[tuple[str, np.ndarray, np.ndarray | None]], layout: str, dtype: np.dtype) -> None:
+    import h5py
+
+    ids: list[str] = []
+    offsets = [0]
+    values: _Appender | None = None
+    times: _Appender | None = None
+    buf_v: list[np.ndarray] = []
+    buf_t: list[np.ndarray | None] = []
+    dim = 0
+
+    def flush() -> None:
+        nonlocal values, times
+        rows = [v for v in buf_v if len(v)]
+        if rows:
+            block = np.concatenate(rows)
+            if values is None:
+                values = _Appender(g, "values", dtype, (block.shape[1],))
+            start = values.ds.shape[0]
+            values.append(block)
+            if any(t is not None for t in buf_t):
+                if times is None:
+                    times = _Appender(g, "times", np.dtype(np.float32), (), fill_rows=start)
+            if times is not None:
+                times.append(np.concatenate([t if t is not None else np.full(len(v), np.nan, np.float32)
+                                             for t, v in zip(buf_t, buf_v)]).astype(np.float32))
+        buf_v.clear()
+        buf_t.clear()
+
+    pending = 0
+    for cid, v, t in items:
+        ids.append(cid)
+        row = v[:1] if layout == "vector" else v
+        dim = dim or (row.shape[1] if row.ndim == 2 and len(row) else 0)
+        buf_v.append(row)
+        buf_t.append(None if layout == "vector" else t)
+        offsets.append(offsets[-1] + len(row))
+        pending += len(row)
+        if pending >= FLUSH_ROWS:
+            flush()
+            pending = 0
+    flush()
+    if values is None:
+        g.create_dataset("values", data=np.zeros((0, dim), dtype))
+    g.create_dataset("clip_ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype("utf-8"))
+    if layout != "vector":
+        g.create_dataset("offsets", data=np.asarray(offsets, np.int64))
 
 
 def _write_mmsa(dest: Path, items: Iterator[tuple[str, np.ndarray, np.ndarray | None]], layout: str,

@@ -179,18 +179,35 @@ class Hdf5Source:
             return
         if len(offsets) != len(ids) + 1 or offsets[-1] != values.shape[0]:
             raise InteropError(f"{self.path}: offsets [{len(offsets)}] do not match {len(ids)} clip_ids and {values.shape[0]} rows")
-        vals = values[()]
-        tvals = times[()] if times is not None else None
+        vals, tvals = _BlockReader(values), (_BlockReader(times) if times is not None else None)
         for i, cid in enumerate(ids):
             a, b = int(offsets[i]), int(offsets[i + 1])
 
             def load(a: int = a, b: int = b) -> tuple[np.ndarray, np.ndarray | None]:
-                return vals[a:b], (tvals[a:b] if tvals is not None else None)
+                return vals.rows(a, b), (tvals.rows(a, b) if tvals is not None else None)
 
             yield Entry(cid, (b - a, *values.shape[1:]), values.dtype, load)
 
     def close(self) -> None:
         self.f.close()
+
+
+class _BlockReader:
+    """Rows of a large HDF5 dataset read in blocks: clips are loaded in order, so one read
+    serves many clips, and memory stays at one block however big the file is."""
+
+    BLOCK_ROWS = 1 << 16
+
+    def __init__(self, ds: Any):
+        self.ds = ds
+        self.lo, self.hi = 0, 0
+        self.block: np.ndarray | None = None
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        if self.block is None or a < self.lo or b > self.hi:
+            self.lo, self.hi = a, min(max(b, a + self.BLOCK_ROWS), self.ds.shape[0])
+            self.block = self.ds[self.lo:self.hi]
+        return self.block[a - self.lo:b - self.lo]
 
 
 class MmsaSource:
