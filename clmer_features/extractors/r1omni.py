@@ -206,8 +206,23 @@ class R1OmniAudioExtractor(Extractor):
         require_files(self.model_dir, ("config.json", "preprocessor_config.json"), self.name)
         from transformers import WhisperFeatureExtractor, WhisperForAudioClassification
 
+        from transformers.utils import logging as hf_logging
+
         self._fe = WhisperFeatureExtractor.from_pretrained(str(self.model_dir))
-        model = WhisperForAudioClassification.from_pretrained(str(self.model_dir), dtype=_torch_dtype(self.device))
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the decoder's keys are unused on purpose: no report table
+        try:
+            model, info = WhisperForAudioClassification.from_pretrained(
+                str(self.model_dir), dtype=_torch_dtype(self.device), output_loading_info=True
+            )
+        finally:
+            hf_logging.set_verbosity(level)
+        missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith("encoder."))
+        if missing:
+            raise ModelNotFoundError(
+                f"{self.model_dir}: Whisper encoder weights missing from the checkpoint: "
+                + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+            )
         self._encoder = model.encoder.to(self.device).eval()
 
     def unload(self) -> None:

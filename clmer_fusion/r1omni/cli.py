@@ -1,6 +1,58 @@
-"""Placeholder: its owner replaces this module with real commands."""
+"""`clmer-fusion r1omni`: R1-Omni answers for a manifest, decoded from the feature cache."""
+from __future__ import annotations
+
+from pathlib import Path
+
 import click
+
+from clmer_fusion.r1omni.decode import DEFAULT_INSTRUCTION
+
+
+@click.command("r1omni")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--cache", "cache_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Feature store root holding r1omni_vision and r1omni_audio for this manifest.")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="R1-Omni checkpoint folder (config.json, *.safetensors, tokenizer). Towers are not needed.")
+@click.option("--instruction", default=DEFAULT_INSTRUCTION, show_default="R1-Omni's emotion question",
+              help="The question asked of every clip (also what the branch gate reads).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [default: r1omni-results/<dataset>-<run key>].")
+@click.option("--dataset", default=None, help="Store dataset name [default: the manifest's file stem].")
+@click.option("--bert", "bert_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="bert-base-uncased folder for the gate's tokenizer [default: MODEL/bert-base-uncased or MODEL/bert].")
+@click.option("--batch-size", default=8, show_default=True, help="Clips decoded together.")
+@click.option("--max-new-tokens", default=512, show_default=True, help="Longest answer, in tokens.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--allow-mismatch", is_flag=True,
+              help="Load a checkpoint even when keys are missing, unexpected or mis-shaped (they stay random).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def r1omni_cmd(manifest: Path, cache_dir: Path, model_dir: Path, instruction: str, out_dir: Path | None,
+               dataset: str | None, bert_dir: Path | None, batch_size: int, max_new_tokens: int, device: str,
+               allow_mismatch: bool, no_progress: bool) -> None:
+    """Decode R1-Omni answers for MANIFEST from cached tower outputs and score them.
+
+    \b
+    Needs the two tower features in the cache (run once, on a GPU if you have one):
+      clmer-features extract MANIFEST --cache DIR --features r1omni_vision,r1omni_audio
+    Then, as often as you like (other prompts, checkpoints), without the towers:
+      clmer-fusion r1omni MANIFEST --cache DIR --model models/R1-Omni-0.5B
+
+    Writes one JSON per clip (think, answer), combined_results.csv and score.json
+    (exact match after synonyms: WAR, UAR; OV-MER set-level precision/recall/F1).
+    A rerun with the same model, instruction and features reuses finished clips.
+    """
+    from clmer_fusion.r1omni.run import run_r1omni
+
+    summary = run_r1omni(
+        manifest, cache_dir, model_dir, instruction=instruction, out_dir=out_dir, dataset=dataset,
+        bert_dir=bert_dir, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        allow_mismatch=allow_mismatch, device=device, progress=not no_progress,
+        echo=lambda s: click.echo(s, err=True),
+    )
+    click.echo(summary.format())
 
 
 def register(group: click.Group) -> None:
-    """Add this topic's commands to ``group``."""
+    """Add the ``r1omni`` command to ``group``."""
+    group.add_command(r1omni_cmd)
