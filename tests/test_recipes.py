@@ -187,3 +187,19 @@ def test_cli_manifest_from(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "clips      11" in r.output
     r = CliRunner().invoke(cli, ["manifest", "from", "mer2025", str(tmp_path / "mer"), "-o", str(out), "-O", "track"])
     assert r.exit_code != 0 and "KEY=VALUE" in r.output
+
+
+def test_relative_paths_and_strict(tmp_path: Path) -> None:
+    make_mosei(tmp_path / "data" / "mosei", n=10)
+    out = tmp_path / "data" / "manifests" / "mosei.csv"
+    build_manifest("mosei", tmp_path / "data" / "mosei", out, relative=True)
+    raw = pl.read_csv(out)
+    assert raw["video"][0].startswith("../mosei/Raw/")
+    import shutil
+
+    shutil.move(tmp_path / "data", tmp_path / "moved")  # a relative manifest survives a move
+    m = read_manifest(tmp_path / "moved" / "manifests" / "mosei.csv")
+    assert len(m) == 10 and m.df["video"][0].startswith(str(tmp_path / "moved"))
+    with pytest.raises(RecipeError, match="2 row"):
+        build_manifest("mosei", tmp_path / "moved" / "mosei", tmp_path / "strict.csv", strict=True)
+    assert not (tmp_path / "strict.csv").exists() and (tmp_path / "strict.csv.report.txt").exists()

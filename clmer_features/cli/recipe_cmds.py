@@ -39,8 +39,11 @@ def _recipe_help() -> str:
 @click.option("--keep-missing", is_flag=True,
               help="Keep rows whose media file is missing (media column empty, expected path in 'missing_media') "
                    "instead of dropping them; both ways they are listed in the report.")
+@click.option("--relative", is_flag=True, help="Write media paths relative to the manifest's folder (portable).")
+@click.option("--strict", is_flag=True, help="Fail (and write no manifest) if any label row had to be dropped.")
 @click.option("--option", "-O", "opts", multiple=True, metavar="KEY=VALUE", help="Dataset-specific option (see below).")
-def manifest_from(dataset: str, root: str, out: str, keep_missing: bool, opts: tuple[str, ...]) -> None:
+def manifest_from(dataset: str, root: str, out: str, keep_missing: bool, relative: bool, strict: bool,
+                  opts: tuple[str, ...]) -> None:
     """Build a manifest from DATASET's official label files under ROOT.
 
     \b
@@ -48,7 +51,8 @@ def manifest_from(dataset: str, root: str, out: str, keep_missing: bool, opts: t
       clmer-features manifest from meld /data/MELD.Raw -o manifests/meld.csv
       clmer-features manifest check manifests/meld.csv
     """
-    result = build_manifest(dataset, root, out, keep_missing=keep_missing, options=_options(opts))
+    result = build_manifest(dataset, root, out, keep_missing=keep_missing, options=_options(opts),
+                            relative=relative, strict=strict)
     click.echo(result.report.summary())
     click.echo(f"wrote {out} ({result.report.rows_written} clips); report: {out}.report.txt")
 

@@ -42,8 +42,15 @@ def build_manifest(
     *,
     keep_missing: bool = False,
     options: dict[str, str] | None = None,
+    relative: bool = False,
+    strict: bool = False,
 ) -> RecipeResult:
-    """Run a recipe and write its manifest and report. Raises RecipeError when nothing is usable."""
+    """Run a recipe and write its manifest and report.
+
+    ``relative``: media paths relative to the manifest's folder (a portable
+    manifest) instead of absolute. ``strict``: refuse to write the manifest when
+    any label row was dropped. Raises RecipeError when nothing is usable.
+    """
     recipe = get_recipe(dataset)
     options = dict(options or {})
     unknown = sorted(set(options) - set(recipe.OPTIONS))
@@ -60,5 +67,14 @@ def build_manifest(
     report_path.write_text(result.report.full_text(), encoding="utf-8")
     if not result.rows:
         raise RecipeError(f"{recipe.NAME}: no usable rows under {root}\n{result.report.summary()}")
+    if strict and result.report.dropped:
+        raise RecipeError(f"{recipe.NAME}: --strict and {result.report.dropped} row(s) dropped; "
+                          f"manifest not written (report: {report_path})\n{result.report.summary()}")
+    if relative:
+        base = out.resolve().parent
+        for row in result.rows:
+            for col in ("video", "audio"):
+                if row.get(col):
+                    row[col] = os.path.relpath(row[col], base)
     write_manifest(result.rows, out)
     return result
