@@ -203,3 +203,12 @@ def test_relative_paths_and_strict(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="2 row"):
         build_manifest("mosei", tmp_path / "moved" / "mosei", tmp_path / "strict.csv", strict=True)
     assert not (tmp_path / "strict.csv").exists() and (tmp_path / "strict.csv.report.txt").exists()
+
+
+def test_empty_media_file_is_reported_and_kept(tmp_path: Path) -> None:
+    make_dfew(tmp_path / "dfew", n=10)
+    (tmp_path / "dfew" / "Clip" / "original" / "00003.mp4").write_bytes(b"")
+    res = build_manifest("dfew", tmp_path / "dfew", tmp_path / "d.csv")
+    empty = [p for p in res.report.problems if p.kind == "empty_media"]
+    assert len(empty) == 1 and empty[0].file == "test(single-labeled)/set_3.csv" and not empty[0].dropped
+    assert "3" in read_manifest(tmp_path / "d.csv").clip_ids

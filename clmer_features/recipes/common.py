@@ -239,6 +239,8 @@ def resolve_media(index: MediaIndex, stem: str, report: RecipeReport, file: str,
                   fld: str) -> Path | None:
     """Look a clip's media up; report a loose match (kept) or a miss (caller decides)."""
     path, how = index.lookup(stem)
+    if path is not None and path.stat().st_size == 0:
+        report.add("empty_media", file, row, fld, f"{path} is empty (0 bytes): its extraction will fail", dropped=False)
     if how == "loose" and path is not None:
         report.add("id_mismatch", file, row, fld,
                    f"label id {stem!r} matched media file {path.name!r} (differs in case/zero-padding)",

@@ -62,7 +62,7 @@ def build(root: Path, *, keep_missing: bool = False, video_dir: str | None = Non
         if not vdir.is_dir():
             raise RecipeError(f"{vdir}: video_dir not found")
     else:
-        vdir = next((root / d for d in VIDEO_DIRS if (root / d).is_dir() and any((root / d).glob("*.mp4"))), None)
+        vdir = next((root / d for d in VIDEO_DIRS if len(MediaIndex(root / d, VIDEO_EXTS))), None)
         if vdir is None:
             report.note(f"no video folder found under {root} (tried {', '.join(VIDEO_DIRS)}): every video is missing")
     index = MediaIndex(vdir, VIDEO_EXTS)
