@@ -263,8 +263,13 @@ def run_task(task: PartitionTask, part: Any, clips: list[DecodedClip], stats: Fe
     for c, out in zip(ready, outs):
         key = task.keys[c.clip_id]
         if isinstance(out, Exception):
-            part.fail(key, c.clip_id, "model", type(out).__name__, str(out) or repr(out))
-            stats.failed += 1
+            # an extractor may mark an exception as "absent" (e.g. a language its model cannot do)
+            kind = "absent" if getattr(out, "ledger_kind", "error") == "absent" else "error"
+            part.fail(key, c.clip_id, "model", type(out).__name__, str(out) or repr(out), kind=kind)
+            if kind == "absent":
+                stats.absent += 1
+            else:
+                stats.failed += 1
             continue
         bad = _valid(out)
         if bad:

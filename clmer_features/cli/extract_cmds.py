@@ -94,8 +94,8 @@ def export_transcripts_cmd(manifest: str, cache_dir: str, dataset: str | None, o
     m = read_manifest(manifest, dataset=dataset)
     store = open_store(cache_dir, m.dataset)
     store.write_clips(m)
-    result = export_transcripts(store, Path(output))
-    click.echo(f"wrote {output}" + (f" ({result} rows)" if isinstance(result, int) else ""))
+    path, rows = export_transcripts(store, Path(output))
+    click.echo(f"wrote {rows} transcripts to {path}")
 
 
 @click.command("demo")

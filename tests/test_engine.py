@@ -1,0 +1,154 @@
+"""The engine: plan, decode once, ledger for broken clips, resume without model work, offline."""
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from clmer_features import engine
+from clmer_features import testing as T
+from clmer_features.engine import extract
+from clmer_features.errors import ModelNotFoundError
+from clmer_features.extractors.base import Extractor
+from clmer_features.store import open_store
+
+from _extract_helpers import media, media_rows, tiny_models  # noqa: F401  (fixtures)
+
+
+@pytest.fixture()
+def manifest(media, tmp_path):
+    return T.write_manifest(tmp_path / "clips.csv", media_rows(media))
+
+
+def ledger_of(cache, feature):
+    led = open_store(cache, "clips").ledger().filter(pl.col("feature") == feature)
+    return {r["clip_id"]: r for r in led.iter_rows(named=True)}
+
+
+def test_full_run_then_rerun_does_no_model_work(tiny_models, manifest, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    s = extract(manifest, ["bert", "siglip"], cache, models_dir=tiny_models, device="cpu", batch_size=3,
+                progress=False)
+    sg, bt = s.features["siglip"], s.features["bert"]
+    # 6 clips with video decode; wav/wav8k have none; truncated/empty/late are broken
+    assert (sg.done, sg.absent, sg.failed) == (6, 2, 3)
+    assert (bt.done, bt.absent) == (4, 7)
+    assert s.decoded == 11 and sg.load_s > 0 and s.clips_per_s > 0
+    assert "clips/s" in s.format()
+
+    store = open_store(cache, "clips")
+    feat = store.feature("siglip")
+    assert feat.clip_ids == ["av", "av2", "noaudio", "odd", "unicode", "short"]
+    assert feat.times("av").tolist() == [0.0, 2.0, 4.0]
+    assert feat.times("noaudio").tolist() == [0.0, 2.0]
+    assert feat.times("short").tolist() == [0.0]
+    assert feat.get("av").shape == (3, 32)
+    led = ledger_of(cache, "siglip")
+    assert {k: v["kind"] for k, v in led.items()} == {
+        "wav": "absent", "wav8k": "absent", "truncated": "error", "empty": "error", "late": "error"}
+    assert "no video stream" in led["wav"]["message"]
+    assert "empty file" in led["empty"]["message"]
+    assert "past the end" in led["late"]["message"]
+    assert "cannot read media" in led["truncated"]["message"]
+    assert set(store.feature("bert").clip_ids) == {"av", "av2", "noaudio", "wav"}
+
+    def boom(self):
+        raise AssertionError("a rerun must not load a model")
+
+    monkeypatch.setattr(Extractor, "load", boom)
+    for cls in {type(e) for e in engine.MODEL_CACHE.values()}:
+        monkeypatch.setattr(cls, "load", boom)
+    s2 = extract(manifest, ["siglip", "bert"], cache, models_dir=tiny_models, device="cpu", progress=False)
+    assert s2.features["siglip"].skipped == 11 and s2.features["siglip"].done == 0
+    assert s2.features["bert"].skipped == 11 and s2.decoded == 0 and s2.models_loaded == 0
+
+
+def test_changed_media_is_redone_and_only_it(tiny_models, media, tmp_path):
+    import shutil
+
+    a = shutil.copy(media["av"], tmp_path / "a.mp4")
+    b = shutil.copy(media["av2"], tmp_path / "b.mp4")
+    man = T.write_manifest(tmp_path / "clips.csv", [{"clip_id": "a", "video": a}, {"clip_id": "b", "video": b}])
+    extract(man, ["siglip"], tmp_path / "cache", models_dir=tiny_models, device="cpu", progress=False)
+    T.make_video(tmp_path / "b.mp4", 4.0, freq=550.0)
+    s = extract(man, ["siglip"], tmp_path / "cache", models_dir=tiny_models, device="cpu", progress=False)
+    assert (s.features["siglip"].done, s.features["siglip"].skipped) == (1, 1)
+    feat = open_store(tmp_path / "cache", "clips").feature("siglip")
+    assert feat.get("b").shape[0] == 2 and feat.get("a").shape[0] == 3
+
+
+def test_retry_failed_reprocesses_only_errors(tiny_models, manifest, tmp_path):
+    cache = tmp_path / "cache"
+    extract(manifest, ["siglip"], cache, models_dir=tiny_models, device="cpu", progress=False)
+    s = extract(manifest, ["siglip"], cache, models_dir=tiny_models, device="cpu", progress=False,
+                retry_failed=True)
+    st = s.features["siglip"]
+    assert st.skipped == 6 and st.failed == 3 and st.absent == 2 and st.done == 0
+    assert len(ledger_of(cache, "siglip")) == 5
+
+
+def test_a_model_error_on_one_clip_spares_the_batch(tiny_models, manifest, tmp_path, monkeypatch):
+    from clmer_features.extractors.siglip import SiglipExtractor
+
+    real = SiglipExtractor.extract
+
+    def flaky(self, clips):
+        if any(c.clip_id == "odd" for c in clips):
+            if len(clips) > 1:
+                raise RuntimeError("batch failed")
+            raise RuntimeError("cannot embed this one")
+        return real(self, clips)
+
+    monkeypatch.setattr(SiglipExtractor, "extract", flaky)
+    s = extract(manifest, ["siglip"], tmp_path / "cache", models_dir=tiny_models, device="cpu",
+                batch_size=4, progress=False)
+    assert s.features["siglip"].done == 5 and s.features["siglip"].failed == 4
+    led = ledger_of(tmp_path / "cache", "siglip")
+    assert led["odd"]["stage"] == "model" and led["odd"]["message"] == "cannot embed this one"
+
+
+def test_no_socket_is_opened(tiny_models, manifest, tmp_path, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError(f"network access attempted: {a}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    engine.MODEL_CACHE.clear()  # load the models again, under the guard
+    s = extract(manifest, ["siglip", "bert"], tmp_path / "cache", models_dir=tiny_models, device="cpu",
+                progress=False)
+    assert s.features["siglip"].done == 6 and s.features["bert"].done == 4
+
+
+def test_missing_model_is_one_clear_error(manifest, tmp_path):
+    with pytest.raises(ModelNotFoundError, match="--models-dir"):
+        extract(manifest, ["siglip"], tmp_path / "cache", models_dir=tmp_path / "nothing", progress=False)
+
+
+def test_model_override_and_cli(tiny_models, manifest, tmp_path):
+    from clmer_features.cli import cli
+
+    res = CliRunner().invoke(cli, [
+        "extract", str(manifest), "-f", "siglip", "--cache", str(tmp_path / "c"), "--device", "cpu",
+        "--model", f"siglip={tiny_models / T.SIGLIP_ID}", "--no-progress", "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    assert "siglip" in res.output and "clips/s" in res.output
+    line = [ln for ln in res.output.splitlines() if ln.startswith("siglip")][0].split()
+    assert line[2:6] == ["6", "3", "2", "0"]
+    res = CliRunner().invoke(cli, ["extract", str(manifest), "-f", "nosuch", "--cache", str(tmp_path / "c")])
+    assert res.exit_code == 2 and "available:" in res.output
+
+
+def test_part_names_are_deterministic(tiny_models, manifest, tmp_path):
+    for d in ("c1", "c2"):
+        extract(manifest, ["siglip"], tmp_path / d, models_dir=tiny_models, device="cpu", progress=False,
+                partition_size=4)
+    parts = [sorted(p.name for p in (tmp_path / d / "clips" / "features" / "siglip").glob("*/parts/*"))
+             for d in ("c1", "c2")]
+    assert parts[0] == parts[1] and len(parts[0]) == 3
+    a = open_store(tmp_path / "c1", "clips").feature("siglip")
+    b = open_store(tmp_path / "c2", "clips").feature("siglip")
+    assert np.array_equal(a.get("av"), b.get("av"))
