@@ -30,6 +30,7 @@ def test_recipe_reports_every_quirk_and_passes_check(tmp_path: Path, dataset: st
         assert p.file and p.message
         if p.kind in ("missing_media", "unparseable_row", "duplicate_id", "id_mismatch", "fold_conflict"):
             assert p.row is not None and p.row >= 1
+            assert f"(line {p.row + 1})" in p.line() if p.file.endswith(".csv") else f"line {p.row}" in p.line()
     assert (tmp_path / "manifests" / f"{dataset}.csv.report.txt").read_text().count("\n") >= len(rep.problems)
     m = read_manifest(out)  # the lead's manifest check: raises on any problem
     assert len(m) == expected["written"]

@@ -51,7 +51,9 @@ class Problem:
     dropped: bool      # True: the row is not in the manifest
 
     def line(self) -> str:
-        where = self.file + (f" row {self.row}" if self.row is not None else "")
+        where = self.file
+        if self.row is not None:  # CSV: data row (line = row + 1, the header is line 1); text files: line
+            where += f" row {self.row} (line {self.row + 1})" if self.file.lower().endswith(".csv") else f" line {self.row}"
         where += f", field {self.field!r}" if self.field else ""
         return f"{where}: {self.message}" + (" [row dropped]" if self.dropped else "")
 
@@ -141,7 +143,10 @@ def read_csv_rows(path: Path, report: RecipeReport, required: Iterable[str],
 def parse_float(value: str | None) -> float | None:
     if value is None or str(value).strip() == "":
         return None
-    out = float(value)
+    try:
+        out = float(value)
+    except ValueError:
+        raise ValueError(f"not a number: {value!r}") from None
     if out != out or out in (float("inf"), float("-inf")):
         raise ValueError(f"not a finite number: {value!r}")
     return out
