@@ -82,11 +82,14 @@ def _match_ids(source_ids: list[str], manifest_ids: list[str]) -> tuple[dict[str
     taken: set[str] = set()
     claimed = exact.intersection(source_ids)  # manifest ids some source id matches exactly
     for sid in source_ids:
+        mmsa = sid.replace("$_$", "_")
         if sid in exact and sid not in taken:
             target: str | None = sid
+        elif mmsa != sid and mmsa in exact and mmsa not in taken and mmsa not in claimed:
+            target = mmsa  # MMSA's "video$_$clip" form of our "video_clip": expected, not a mismatch
         else:
             target = None
-            for cand in (sid.replace("$_$", "_"), sid):
+            for cand in (mmsa, sid):
                 hits = [c for c in loose.get(loose_stem(cand), []) if c not in taken and c not in claimed]
                 if len(hits) == 1:
                     target = hits[0]
