@@ -213,3 +213,18 @@ def test_empty_media_file_is_reported_and_kept(tmp_path: Path) -> None:
     empty = [p for p in res.report.problems if p.kind == "empty_media"]
     assert len(empty) == 1 and empty[0].file == "test(single-labeled)/set_3.csv" and not empty[0].dropped
     assert "3" in read_manifest(tmp_path / "d.csv").clip_ids
+
+
+def test_mer2025_candidates(tmp_path: Path) -> None:
+    from tests._recipes_helpers import touch, write_csv
+
+    make_mer2025(tmp_path / "mer", n=5)
+    write_csv(tmp_path / "mer" / "track_all_candidates.csv", ["name"], [["cand_1"], ["cand_2"], ["sample_00000000"]])
+    touch(tmp_path / "mer" / "video" / "cand_1.mp4")
+    touch(tmp_path / "mer" / "video" / "cand_2.mp4")
+    res = build_manifest("mer2025", tmp_path / "mer", tmp_path / "c.csv", options={"candidates": "true"})
+    df = read_manifest(tmp_path / "c.csv").df
+    cands = df.filter(pl.col("split") == "candidate")
+    assert cands["clip_id"].to_list() == ["cand_1", "cand_2"] and cands["label"].null_count() == 2
+    dup = [p for p in res.report.problems if p.kind == "duplicate_id"]
+    assert len(dup) == 1 and dup[0].file == "track_all_candidates.csv" and dup[0].row == 3

@@ -13,7 +13,9 @@ Options: ``track=1`` (default; label = discrete class, label_value = valence),
 ``track=2`` (label = the open-vocabulary label list as written, also in
 ``openset``), ``track=3`` (``reason`` column, no label); ``text=zh``
 (default) or ``text=en`` picks the subtitle used as ``text``/``language``;
-both are kept as ``text_zh``/``text_en``. A clip without a subtitle row is
+both are kept as ``text_zh``/``text_en``. ``candidates=true`` adds the
+unlabelled test candidates (``track_all_candidates.csv``, split ``candidate``)
+so their features can be extracted too. A clip without a subtitle row is
 kept and reported; ``video`` and ``audio`` are both filled when present.
 """
 from __future__ import annotations
@@ -27,7 +29,8 @@ from clmer_features.recipes.common import (
 )
 
 NAME = "mer2025"
-OPTIONS: dict[str, str] = {"track": "1 (default), 2 or 3", "text": "zh (default) or en"}
+OPTIONS: dict[str, str] = {"track": "1 (default), 2 or 3", "text": "zh (default) or en",
+                           "candidates": "true: add track_all_candidates.csv clips (unlabelled, split 'candidate')"}
 TRACK1_CLASSES = ("neutral", "angry", "happy", "sad", "worried", "surprise")
 TRACK_FILES = {
     "1": (("track1_train_disdim.csv", "train"), ("track1_test_dis.csv", "test")),
@@ -51,15 +54,18 @@ def _subtitles(root: Path, report: RecipeReport) -> dict[str, tuple[str | None, 
     return out
 
 
-def build(root: Path, *, keep_missing: bool = False, track: str = "1", text: str = "zh") -> RecipeResult:
+def build(root: Path, *, keep_missing: bool = False, track: str = "1", text: str = "zh",
+          candidates: str | bool = False) -> RecipeResult:
     root = Path(root)
     track, text = str(track), str(text)
+    with_candidates = str(candidates).lower() in ("1", "true", "yes")
     if track not in TRACK_FILES:
         raise RecipeError(f"mer2025: track must be 1, 2 or 3, not {track!r}")
     if text not in ("zh", "en"):
         raise RecipeError(f"mer2025: text must be zh or en, not {text!r}")
     report = RecipeReport(NAME, str(root))
-    files = [(find_file(root, n, max_depth=2), n, split) for n, split in TRACK_FILES[track]]
+    names = list(TRACK_FILES[track]) + ([("track_all_candidates.csv", "candidate")] if with_candidates else [])
+    files = [(find_file(root, n, max_depth=2), n, split) for n, split in names]
     if all(p is None for p, _, _ in files):
         raise RecipeError(f"{root}: none of {', '.join(n for _, n, _ in files)} found (MER2025 track {track})")
     subs = _subtitles(root, report)
@@ -74,7 +80,8 @@ def build(root: Path, *, keep_missing: bool = False, track: str = "1", text: str
         if path is None:
             report.note(f"{fname} not found: skipped")
             continue
-        for i, rec in read_csv_rows(path, report, ("name", col)):
+        is_cand = split == "candidate"
+        for i, rec in read_csv_rows(path, report, ("name",) if is_cand else ("name", col)):
             report.rows_read += 1
             name = rec["name"]
             if not name:
@@ -83,9 +90,11 @@ def build(root: Path, *, keep_missing: bool = False, track: str = "1", text: str
             if name in seen:
                 report.add("duplicate_id", fname, i, "name", f"{name} already read from {seen[name]}", dropped=True)
                 continue
-            value = rec[col] or None
+            value = rec.get(col) or None
             row: dict[str, Any] = {"clip_id": name, "split": split, "source": path.stem}
-            if track == "1":
+            if is_cand:
+                pass  # unlabelled
+            elif track == "1":
                 if value is None or value.lower() not in TRACK1_CLASSES:
                     report.add("unparseable_row", fname, i, col, f"unknown class {value!r}", dropped=True)
                     continue
