@@ -108,7 +108,7 @@ def _towers(root: Path, s: TinySizes, seed: int) -> tuple[Path, Path, dict[str, 
     whisper = WhisperForConditionalGeneration(wcfg).eval()
     whisper.save_pretrained(str(wh_dir))
     WhisperFeatureExtractor(feature_size=128).save_pretrained(str(wh_dir))
-    towers = {f"model.vision_tower.vision_tower.{k}": v for k, v in siglip.state_dict().items()}
+    towers = {f"model.vision_tower.vision_tower.vision_model.{k}": v for k, v in siglip.state_dict().items()}
     towers.update({f"model.audio_tower.audio_tower.encoder.{k}": v
                    for k, v in whisper.model.encoder.state_dict().items()})
     return sig_dir, wh_dir, towers
