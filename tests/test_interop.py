@@ -106,8 +106,9 @@ def test_spec_is_content_addressed_and_source_in_provenance(tmp_path: Path) -> N
     assert reader.provenance["import"]["source_name"] == "two" and reader.provenance["import"]["format"] == "npy"
     feats["plain"] = feats["plain"] + 1.0
     write_npy_folder(tmp_path / "one", feats)
-    c = import_features("npy", tmp_path / "one", man, "f2", cache_dir=tmp_path / "cache", progress=False)
-    assert c.spec_id != a.spec_id  # changed numbers, new spec
+    c = import_features("npy", tmp_path / "one", man, "f", cache_dir=tmp_path / "cache", progress=False)
+    assert c.spec_id != a.spec_id and c.other_specs == [a.spec_id]  # changed numbers, new spec
+    assert "gc --superseded" in c.text()
 
 
 def test_foreign_hdf5_packed_and_per_clip(tmp_path: Path) -> None:

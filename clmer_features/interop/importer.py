@@ -52,6 +52,7 @@ class ImportSummary:
     no_key: list[str] = field(default_factory=list)
     not_in_source: int = 0
     store: str = ""
+    other_specs: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         lines = [
@@ -67,6 +68,9 @@ class ImportSummary:
             if items:
                 shown = ", ".join(items[:MAX_LISTED]) + (f", ... ({len(items) - MAX_LISTED} more)" if len(items) > MAX_LISTED else "")
                 lines.append(f"  {what}: {len(items)}: {shown}")
+        if self.other_specs:
+            lines.append(f"  note: {self.feature} also holds spec(s) {', '.join(self.other_specs)}; readers must name "
+                         f"spec_id={self.spec_id}, or remove the old ones with `clmer-features gc --superseded`")
         return "\n".join(lines)
 
 
@@ -205,6 +209,7 @@ def import_features(
                     bar.update(1)
         bar.close()
         fw.finalize()
+        summary.other_specs = [st.spec_id for st in store.specs(feature) if st.spec_id != spec.spec_id]
         return summary
     finally:
         src.close()
