@@ -37,6 +37,9 @@ DEFAULT_BATCH_SIZE = 16
 DEFAULT_PARTITION_SIZE = 256
 MEDIA_INPUTS = ("video", "audio")
 
+# runner(label, [(rows, tasks) per partition], summary, progress bar): runs a phase's partitions elsewhere.
+PartitionRunner = Callable[[str, list[tuple[list[dict[str, Any]], list["PartitionTask"]]], "RunSummary", Any], None]
+
 # (feature, model_dir, device, params json) -> extractor instance, loaded at most once per process.
 MODEL_CACHE: dict[tuple[str, str, str, str], Extractor] = {}
 
@@ -395,8 +398,14 @@ def extract(
     decode_workers: int | None = None,
     params: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = True,
+    runner: "PartitionRunner | None" = None,
 ) -> RunSummary:
-    """Extract ``features`` for every clip of ``manifest`` that lacks them; see the module doc."""
+    """Extract ``features`` for every clip of ``manifest`` that lacks them; see the module doc.
+
+    ``runner`` (e.g. :class:`clmer_features.distributed.DaskRunner`) executes a
+    phase's partitions elsewhere: ``runner(label, partitions, summary, bar)``
+    with ``partitions`` a list of ``(rows, tasks)``; the plan and finalize stay here.
+    """
     from tqdm.auto import tqdm
 
     from clmer_features.store import open_store, part_name
@@ -450,6 +459,7 @@ def extract(
         todo_rows = [r for r in rows if any(r["clip_id"] in plans[n][2] for n in active)]
         with tqdm(total=len(todo_rows), desc=f"{label} ({', '.join(active)})", unit="clip",
                   disable=not progress, leave=True) as bar:
+            partitions: list[tuple[list[dict[str, Any]], list[PartitionTask]]] = []
             for start in range(0, len(todo_rows), partition_size):
                 chunk = todo_rows[start:start + partition_size]
                 ids = {r["clip_id"] for r in chunk}
@@ -459,6 +469,11 @@ def extract(
                     keys = {c: k for c, k in todo.items() if c in ids}
                     if keys:
                         tasks.append(PartitionTask(n, ext, writer, keys, part_name(list(keys.values()), prefix)))
+                partitions.append((chunk, tasks))
+            if runner is not None:
+                runner(label, partitions, summary, bar)
+                return
+            for chunk, tasks in partitions:
                 run_partition(chunk, tasks, summary.features, pool=pool, batch_size=batch_size,
                               summary=summary, on_clips=bar.update)
 
