@@ -112,8 +112,6 @@ def build(root: Path, *, keep_missing: bool = False, track: str = "1", text: str
             else:
                 row["reason"] = value
             zh, en = subs.get(name, (None, None))
-            if name not in subs and subs:
-                report.add("missing_text", fname, i, "name", f"{name} has no row in subtitle_chieng.csv", dropped=False)
             row.update(text=zh if text == "zh" else en, language=text, text_zh=zh, text_en=en)
             video = resolve_media(videos, name, report, fname, i, "name")
             audio = resolve_media(audios, name, report, fname, i, "name")
@@ -122,6 +120,8 @@ def build(root: Path, *, keep_missing: bool = False, track: str = "1", text: str
             if video is None and audio is None:
                 if not handle_missing(row, root / "video" / f"{name}.mp4", "video", report, fname, i, keep_missing):
                     continue
+            if name not in subs and subs:
+                report.add("missing_text", fname, i, "name", f"{name} has no row in subtitle_chieng.csv", dropped=False)
             seen[name] = fname
             rows.append(row)
     report.rows_written = len(rows)
