@@ -48,3 +48,17 @@ def test_head_trains_on_imported_feature(tmp_path: Path, dataset: str) -> None:
         assert len(tests) == 5
     if dataset == "iemocap":
         assert len(tests) == 5 and sum(r["n"] for r in tests) == len(ids)
+
+
+def test_regression_head_on_chsims2_sentiment(tmp_path: Path) -> None:
+    MAKERS["chsims2"](tmp_path / "sims", 45)
+    manifest = tmp_path / "chsims2.parquet"
+    build_manifest("chsims2", tmp_path / "sims", manifest)
+    m = read_manifest(manifest)
+    feats = label_features(m.df["clip_id"].to_list(), m.df["label"].to_list(), seq=False)
+    write_npy_folder(tmp_path / "npy", feats)
+    import_features("npy", tmp_path / "npy", m, "ext", cache_dir=tmp_path / "cache", progress=False)
+    res = fusion_train.train_from_store(manifest, tmp_path / "cache", ["ext"], head="linear", target="label_value",
+                                        max_epochs=200, patience=200, seed=0)
+    test = res.summary("test")
+    assert test["mae"] < 0.25 and test["corr"] > 0.9, res.table()  # labels are -0.6 / 0 / 0.8 by class
