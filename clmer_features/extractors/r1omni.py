@@ -18,7 +18,6 @@ the end of the audio describe padding, exactly what R1-Omni feeds its LLM.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +38,19 @@ class MissingModalityError(ValueError):
     """The clip has no video (or no audio) for this tower."""
 
 
-def _config(model_dir: Path, feature: str) -> dict[str, Any]:
+def _hf_config(model_dir: Path, feature: str, cls_name: str) -> Any:
+    """The tower's transformers config (a SigLIP folder's ``vision_config``; defaults filled in).
+
+    Reading a config loads no weights, so ``spec()`` stays cheap.
+    """
     require_files(model_dir, ("config.json",), feature)
-    return json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    ensure_offline()
+    import transformers
+
+    try:
+        return getattr(transformers, cls_name).from_pretrained(str(model_dir))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelNotFoundError(f"{model_dir}/config.json is not a {cls_name} ({exc})") from None
 
 
 def _torch_dtype(device: str) -> Any:
@@ -111,13 +120,9 @@ class R1OmniVisionExtractor(Extractor):
         return FrameRequest.segments(self.num_frames)
 
     def _shape(self) -> tuple[int, int, int]:
-        cfg = _config(self.model_dir, self.name)
-        vcfg = cfg.get("vision_config", cfg)
-        try:
-            side = int(vcfg["image_size"]) // int(vcfg["patch_size"])
-            return self.num_frames, side * side, int(vcfg["hidden_size"])
-        except KeyError as exc:
-            raise ModelNotFoundError(f"{self.model_dir}/config.json lacks {exc} (a SigLIP folder?)") from None
+        vcfg = _hf_config(self.model_dir, self.name, "SiglipVisionConfig")
+        side = int(vcfg.image_size) // int(vcfg.patch_size)
+        return self.num_frames, side * side, int(vcfg.hidden_size)
 
     def spec(self) -> FeatureSpec:
         frames, tokens, dim = self._shape()
@@ -181,12 +186,8 @@ class R1OmniAudioExtractor(Extractor):
         self._fe: Any = None
 
     def spec(self) -> FeatureSpec:
-        cfg = _config(self.model_dir, self.name)
-        try:
-            rows = int(cfg["max_source_positions"]) // POOL
-            dim, mels = int(cfg["d_model"]), int(cfg.get("num_mel_bins", 128))
-        except KeyError as exc:
-            raise ModelNotFoundError(f"{self.model_dir}/config.json lacks {exc} (a Whisper folder?)") from None
+        cfg = _hf_config(self.model_dir, self.name, "WhisperConfig")
+        rows, dim, mels = int(cfg.max_source_positions) // POOL, int(cfg.d_model), int(cfg.num_mel_bins)
         return FeatureSpec.create(
             self.name,
             model_id=self.default_model,
