@@ -81,6 +81,7 @@ class RawRows:
         if n <= 0:
             return out
         row_bytes = d * self.dtype.itemsize
+        chunk_bytes = self.chunk_rows * row_bytes
         buf = memoryview(out.reshape(-1).view(np.uint8))
         fd = os.open(self.path, os.O_RDONLY)
         try:
@@ -88,17 +89,21 @@ class RawRows:
             row = start
             while row < end:
                 k = row // self.chunk_rows
-                stop = min(end, (k + 1) * self.chunk_rows)
-                nbytes = (stop - row) * row_bytes
-                target = buf[done : done + nbytes]
                 if self.chunk_offsets[k] < 0:
+                    stop = min(end, (k + 1) * self.chunk_rows)
                     out[row - start : stop - start] = 0  # never written: zarr's fill value
                 else:
+                    # extend over following chunks that lie right after this one in the shard
+                    last = k
+                    while (last + 1) * self.chunk_rows < end and self.chunk_offsets[last + 1] == self.chunk_offsets[last] + chunk_bytes:
+                        last += 1
+                    stop = min(end, (last + 1) * self.chunk_rows)
+                    nbytes = (stop - row) * row_bytes
                     pos = int(self.chunk_offsets[k]) + (row - k * self.chunk_rows) * row_bytes
-                    got = os.preadv(fd, [target], pos)
+                    got = os.preadv(fd, [buf[done : done + nbytes]], pos)
                     if got != nbytes:
                         raise OSError(f"{self.path}: short read ({got} of {nbytes} bytes at {pos}); run `clmer-features verify`")
-                done += nbytes
+                done += (stop - row) * row_bytes
                 row = stop
         finally:
             os.close(fd)
