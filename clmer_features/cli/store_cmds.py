@@ -60,7 +60,7 @@ def verify_cmd(cache_dir: str, dataset: str | None) -> None:
     """Recompute every checksum: catches flipped bytes and truncated or missing chunk files."""
     bad = 0
     for name in _datasets(cache_dir, dataset):
-        rep = verify_store(open_store(cache_dir, name))
+        rep = verify_store(open_store(cache_dir, name), progress=True)
         for p in rep.problems:
             click.echo(f"{name}: {p}", err=True)
         bad += len(rep.problems)

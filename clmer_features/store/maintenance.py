@@ -8,6 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import zarr
+from tqdm import tqdm
 
 from clmer_features.store import Store
 from clmer_features.store import layout as L
@@ -76,7 +77,7 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(store: Store) -> VerifyReport:
+def verify(store: Store, progress: bool = False) -> VerifyReport:
     """Recompute every part's file checksums and each index's digest.
 
     Catches a flipped byte, a truncated or missing chunk file, an extra file,
@@ -95,7 +96,8 @@ def verify(store: Store) -> VerifyReport:
         else:
             rep.problems.append(f"{where}: not finalized (no {L.COMPLETE_FILE})")
         parts_dir = s.path / L.PARTS_DIR
-        for part in sorted(p for p in parts_dir.iterdir() if p.is_dir() and not p.name.startswith(L.TMP_PREFIX)):
+        parts = sorted(p for p in parts_dir.iterdir() if p.is_dir() and not p.name.startswith(L.TMP_PREFIX))
+        for part in tqdm(parts, desc=f"verify {where}", unit="part", disable=not progress, leave=False):
             rep.checked_parts += 1
             meta_path = part / L.PART_FILE
             if not meta_path.exists():
