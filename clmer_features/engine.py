@@ -439,7 +439,12 @@ def extract(
         todo: dict[str, str] = {}
         st = FeatureStats(spec_id=spec.spec_id)
         for r in rows:
-            key = r.get("media_key" if ext.key_family(r) == "media" else "text_key")
+            family = ext.key_family(r)
+            if writer.input == "media" and family == "text" and ext.writer_input() != "text":
+                # the store reads this feature by media key (it has no combined text-or-media
+                # input yet): key every row with media by its media key so all can be read back
+                family = "media"
+            key = r.get("media_key" if family == "media" else "text_key")
             if key is None:
                 key = r.get("media_key") or r.get("text_key")
             if key is None:
