@@ -85,6 +85,8 @@ def test_spec_holds_what_changes_transcripts(tiny_dir):
     assert AsrExtractor(tiny_dir, language="EN").spec().params["language_policy"] == "fixed:en"
     with pytest.raises(TypeError, match="unknown parameter"):
         AsrExtractor(tiny_dir, beams=3)
+    with pytest.raises(ValueError, match="int8 needs a faster-whisper"):
+        AsrExtractor(tiny_dir, precision="int8").spec()
 
 
 def test_batched_output_equals_direct_generate(asr, voices):
@@ -167,11 +169,12 @@ def test_export_transcripts_from_store(tmp_path, tiny_dir):
             part.add_record(f"{cid}@x", cid, rec)
         part.fail("c3@x", "c3", "extract", "NoAudioError", "no audio", kind="absent")
     fw.finalize()
-    path, n = export_transcripts(store, tmp_path / "out")
-    assert path == tmp_path / "out" / "transcription_results.csv" and n == 2
+    n = export_transcripts(store, tmp_path / "out")
+    path = tmp_path / "out" / "transcription_results.csv"
+    assert n == 2 and path.is_file()
     df = pl.read_csv(path).sort("clip_id")
     assert df.columns == ["clip_id", "language", "text", "segments", "backend"]
     assert df["text"].to_list() == ["Hello, world.", "你好"]
     assert json.loads(df["segments"][1])[0]["text"] == "你好"
-    path2, _ = export_transcripts(store, tmp_path / "x.csv")
-    assert path2 == tmp_path / "x.csv" and path2.read_bytes() == path.read_bytes()
+    assert export_transcripts(store, tmp_path / "x.csv") == 2
+    assert (tmp_path / "x.csv").read_bytes() == path.read_bytes()

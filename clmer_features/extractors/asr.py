@@ -147,7 +147,12 @@ class AsrExtractor(Extractor):
         # depend on where the folder sits
         return "faster-whisper (CTranslate2)" if self.backend == "faster-whisper" else self.default_model
 
+    def _check_precision(self) -> None:
+        if self.precision == "int8" and self.backend != "faster-whisper":
+            raise ValueError("asr: precision int8 needs a faster-whisper (CTranslate2) model folder")
+
     def spec(self) -> FeatureSpec:
+        self._check_precision()
         policy = f"fixed:{self.fixed_language}" if self.fixed_language else "manifest, else detect"
         return FeatureSpec.create(
             self.name,
@@ -173,9 +178,8 @@ class AsrExtractor(Extractor):
         if self._model is not None:
             return
         backend = self.backend  # raises ModelNotFoundError for a missing/odd folder
+        self._check_precision()
         ensure_offline()
-        if self.precision == "int8" and backend != "faster-whisper":
-            raise ValueError("asr: precision int8 needs a faster-whisper (CTranslate2) model folder")
         if backend == "faster-whisper":
             import torch
             from faster_whisper import WhisperModel
@@ -372,19 +376,18 @@ class AsrExtractor(Extractor):
         return results
 
 
-def export_transcripts(store: Any, out_path: str | Path, feature: str = "asr") -> tuple[Path, int]:
-    """Write the store's transcripts as ``transcription_results.csv``.
+def export_transcripts(store: Any, out_path: str | Path, feature: str = "asr") -> int:
+    """Write the store's transcripts as a CSV; return the number of rows written.
 
-    ``out_path`` is a file, or a folder to hold ``transcription_results.csv``.
-    Columns: clip_id, language, text, segments (JSON), backend. Returns
-    (path written, rows written).
+    ``out_path`` ending in ``.csv`` is the file; anything else is a folder that
+    gets ``transcription_results.csv``. Columns: clip_id, language, text,
+    segments (JSON list of {start, end, text}), backend. Written to a temporary
+    file first, then renamed: a crash never leaves half a CSV.
     """
     import polars as pl
 
     records = store.feature(feature).records()
-    out = Path(out_path)
-    if out.is_dir() or out.suffix.lower() != ".csv":
-        out = out / "transcription_results.csv"
+    out = transcripts_path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     cols = ["clip_id", "language", "text", "segments", "backend"]
     table = records.select([
@@ -393,4 +396,10 @@ def export_transcripts(store: Any, out_path: str | Path, feature: str = "asr") -
     tmp = out.with_name(out.name + ".tmp")
     table.write_csv(tmp)
     tmp.replace(out)
-    return out, table.height
+    return table.height
+
+
+def transcripts_path(out_path: str | Path) -> Path:
+    """Where :func:`export_transcripts` writes for ``out_path``."""
+    out = Path(out_path)
+    return out if out.suffix.lower() == ".csv" else out / "transcription_results.csv"
