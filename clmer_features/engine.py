@@ -493,7 +493,8 @@ def extract(
     media_names = [n for n in names if extractors[n].input in MEDIA_INPUTS]
     text_names = [n for n in names if extractors[n].input == "text"]
     if any(plans[n][2] for n in media_names):
-        with DecoderPool(workers=decode_workers) as pool:
+        # keep two batches decoding ahead, so the model rarely waits for the decoders
+        with DecoderPool(workers=decode_workers, window=2 * batch_size + 2) as pool:
             phase(media_names, pool, "decode+encode")
             summary.decoder_restarts = pool.restarts
     finalize(media_names)

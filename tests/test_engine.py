@@ -152,3 +152,47 @@ def test_part_names_are_deterministic(tiny_models, manifest, tmp_path):
     a = open_store(tmp_path / "c1", "clips").feature("siglip")
     b = open_store(tmp_path / "c2", "clips").feature("siglip")
     assert np.array_equal(a.get("av"), b.get("av"))
+
+
+@pytest.fixture(scope="module")
+def tiny_e2v(tmp_path_factory):
+    pytest.importorskip("funasr")
+    from clmer_features.testing_audio import make_tiny_emotion2vec
+
+    return make_tiny_emotion2vec(tmp_path_factory.mktemp("e2v") / "tiny-emotion2vec")
+
+
+def test_audio_and_video_features_share_one_decode(tiny_models, tiny_e2v, manifest, tmp_path):
+    """siglip + emotion2vec in one run: each clip decoded once; missing streams are 'absent'."""
+    cache = tmp_path / "cache"
+    s = extract(manifest, ["siglip", "emotion2vec"], cache, models_dir=tiny_models,
+                model_overrides={"emotion2vec": tiny_e2v}, device="cpu", batch_size=4, progress=False)
+    assert s.decoded == 11  # not 22: one decode per clip for both features
+    e2v = s.features["emotion2vec"]
+    # audio: av, av2, wav, wav8k, odd, unicode, short decode; noaudio absent; 3 broken
+    assert (e2v.done, e2v.absent, e2v.failed) == (7, 1, 3)
+    led = ledger_of(cache, "emotion2vec")
+    assert led["noaudio"]["kind"] == "absent" and led["noaudio"]["message"] == "no audio stream"
+    assert led["late"]["kind"] == "error" and "past the end" in led["late"]["message"]
+    feat = open_store(cache, "clips").feature("emotion2vec")
+    # 50 Hz frame rows; the 8 kHz stereo wav (2 s) was resampled to 16 kHz mono first
+    assert abs(feat.get("wav8k").shape[0] - 100) <= 2
+    assert abs(feat.get("short").shape[0] - 15) <= 1  # the 0.3 s clip
+
+
+@pytest.mark.gpu
+def test_siglip_fp16_on_gpu_matches_cpu(tiny_models, media):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here")
+    from clmer_features.extractors import get_extractor
+    from clmer_features.extractors.base import DecodedClip, FrameRequest
+    from clmer_features.media import DecodeJob, decode_clip
+
+    req = FrameRequest.interval(2.0)
+    r = decode_clip(DecodeJob("av", str(media["av"]), None, None, (req,), False))
+    clip = DecodedClip("av", {"media": "av"}, {}, frames=r.frames)
+    cls = get_extractor("siglip")
+    cpu = cls(tiny_models / T.SIGLIP_ID, device="cpu").extract([clip])[0].values
+    gpu = cls(tiny_models / T.SIGLIP_ID, device="cuda").extract([clip])[0].values
+    np.testing.assert_allclose(gpu, cpu, atol=2e-2, rtol=2e-2)
