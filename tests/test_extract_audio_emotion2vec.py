@@ -145,6 +145,22 @@ def test_checkpoint_mismatch_refused(tiny_dir, tmp_path, change):
         Emotion2vecExtractor(bad).load()
 
 
+def test_ema_teacher_tensors_are_not_a_mismatch(tiny_dir, tmp_path):
+    import shutil
+
+    ok = tmp_path / "ok"
+    shutil.copytree(tiny_dir, ok)
+    ckpt = torch.load(ok / "model.pt", weights_only=False)
+    ckpt["model"]["_ema.blocks.0.attn.qkv.weight"] = torch.zeros(2)
+    ckpt["model"] = {f"module.{k}": v for k, v in ckpt["model"].items()}  # DDP-style names
+    torch.save(ckpt, ok / "model.pt")
+    ex = Emotion2vecExtractor(ok)
+    ex.load()
+    ref = Emotion2vecExtractor(tiny_dir)
+    audio = np.random.default_rng(0).normal(0, 0.1, SR).astype(np.float32)
+    np.testing.assert_array_equal(ex.embed(audio).values, ref.embed(audio).values)
+
+
 def test_unknown_parameter_refused(tiny_dir):
     with pytest.raises(TypeError, match="unknown parameter"):
         Emotion2vecExtractor(tiny_dir, granularity="frame")

@@ -79,10 +79,17 @@ def _hub_id(model_dir: Path, fallback: str) -> str:
     return str(names.get("hf") or names.get("ms") or fallback)
 
 
+# Training-only tensors a data2vec-style checkpoint may carry (the EMA teacher):
+# never used by the forward pass, so not a mismatch.
+TRAINING_ONLY_PREFIXES = ("_ema.", "ema.")
+
+
 def compare_checkpoint(model_state: dict[str, Any], ckpt_state: dict[str, Any]) -> list[str]:
     """Problems between a model's state_dict and a checkpoint's: missing keys,
-    unexpected keys, different shapes (funasr would load all of these silently)."""
+    unexpected keys (other than the EMA teacher's), different shapes. funasr
+    would load all of these silently, leaving random weights in place."""
     ckpt = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt_state.items()}
+    ckpt = {k: v for k, v in ckpt.items() if k != "_ema" and not k.startswith(TRAINING_ONLY_PREFIXES)}
     missing = sorted(set(model_state) - set(ckpt))
     unexpected = sorted(set(ckpt) - set(model_state))
     problems = []
