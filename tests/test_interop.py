@@ -223,3 +223,18 @@ def test_blocked_hdf5_paths_and_partial_times(tmp_path: Path, monkeypatch: pytes
     _assert_feature(tmp_path, "g", feats, timed)
     f = open_store(tmp_path / "cache", "clips").feature("g")
     assert np.isnan(f.times("a/b")).all()  # clips without timestamps stay without
+
+
+def test_nested_sources_match_by_file_name(tmp_path: Path) -> None:
+    man = _manifest(tmp_path, ids=["c1", "c2", "c3"])
+    for split, cid in (("train", "c1"), ("train", "c2"), ("test", "c3")):
+        (tmp_path / "nested" / split).mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / "nested" / split / f"{cid}.npy", np.full((2, 3), float(cid[1])))
+    s = import_features("npy", tmp_path / "nested", man, "n", cache_dir=tmp_path / "cache", progress=False)
+    assert s.imported == 3 and ("test/c3", "c3") in s.loose and not s.unmatched
+    with h5py.File(tmp_path / "nested.h5", "w") as h:
+        h.create_dataset("train/c1", data=np.ones(4))
+        h.create_dataset("test/c3", data=np.zeros(4))
+    s = import_features("hdf5", tmp_path / "nested.h5", man, "h", cache_dir=tmp_path / "cache", progress=False)
+    f = open_store(tmp_path / "cache", "clips").feature("h")
+    assert s.imported == 2 and f.clip_ids == ["c1", "c3"] and f.get("c3").tolist() == [[0.0] * 4]

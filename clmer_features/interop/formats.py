@@ -5,7 +5,9 @@ Layouts (the same ones ``export`` writes, so a round trip is exact):
 npy folder
     ``DIR/<clip>.npy`` holds one clip: ``[T, D]`` (a sequence) or ``[D]`` (a
     fixed-size vector). Optional ``DIR/times/<clip>.npy`` holds ``[T]``
-    timestamps in seconds. ``<clip>`` is the clip id with ``%``, ``/`` and ``\\``
+    timestamps in seconds. A folder with no top-level .npy is searched
+    recursively (``DIR/train/<clip>.npy``); ids are then relative paths,
+    which match the manifest by their last part when the full path does not. ``<clip>`` is the clip id with ``%``, ``/`` and ``\\``
     (and a leading ``.``) percent-encoded; names are percent-decoded on import.
 HDF5, packed (default on export)
     datasets ``clip_ids [N]`` (UTF-8 strings) and ``values``: ``[N, D]`` one
@@ -88,6 +90,10 @@ class NpySource:
             raise InteropError(f"{path}: not a folder of .npy files")
         self.path = path
         self.files = sorted(p for p in path.glob("*.npy") if not p.name.startswith("._"))
+        self.nested = not self.files
+        if self.nested:  # e.g. DIR/train/<clip>.npy: ids are relative paths (matched by file name too)
+            self.files = sorted(p for p in path.rglob("*.npy")
+                                if not p.name.startswith("._") and p.relative_to(path).parts[0] != "times")
         if not self.files:
             raise InteropError(f"{path}: no .npy files")
         tdir = path / "times"
@@ -108,7 +114,9 @@ class NpySource:
                 t = np.load(tpath, allow_pickle=False) if tpath is not None else None
                 return np.load(p, allow_pickle=False), t
 
-            yield Entry(decode_name(p.stem), tuple(arr.shape), arr.dtype, load)
+            rel = p.relative_to(self.path).with_suffix("")
+            cid = "/".join(decode_name(x) for x in rel.parts) if self.nested else decode_name(p.stem)
+            yield Entry(cid, tuple(arr.shape), arr.dtype, load)
 
     def close(self) -> None:
         pass

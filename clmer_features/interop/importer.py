@@ -93,7 +93,7 @@ def _match_ids(source_ids: list[str], manifest_ids: list[str]) -> tuple[dict[str
             target = mmsa  # MMSA's "video$_$clip" form of our "video_clip": expected, not a mismatch
         else:
             target = None
-            for cand in (mmsa, sid):
+            for cand in dict.fromkeys((mmsa, sid, sid.rsplit("/", 1)[-1])):  # last: a nested file's name
                 hits = [c for c in loose.get(loose_stem(cand), []) if c not in taken and c not in claimed]
                 if len(hits) == 1:
                     target = hits[0]
