@@ -94,9 +94,9 @@ def _match_ids(source_ids: list[str], manifest_ids: list[str]) -> tuple[dict[str
         else:
             target = None
             for cand in dict.fromkeys((mmsa, sid, sid.rsplit("/", 1)[-1])):  # last: a nested file's name
-                hits = [c for c in loose.get(loose_stem(cand), []) if c not in taken and c not in claimed]
-                if len(hits) == 1:
-                    target = hits[0]
+                group = loose.get(loose_stem(cand), [])  # must be unambiguous in the whole manifest
+                if len(group) == 1 and group[0] not in taken and group[0] not in claimed:
+                    target = group[0]
                     loose_hits.append((sid, target))
                     break
         if target is None:
