@@ -238,3 +238,13 @@ def test_nested_sources_match_by_file_name(tmp_path: Path) -> None:
     s = import_features("hdf5", tmp_path / "nested.h5", man, "h", cache_dir=tmp_path / "cache", progress=False)
     f = open_store(tmp_path / "cache", "clips").feature("h")
     assert s.imported == 2 and f.clip_ids == ["c1", "c3"] and f.get("c3").tolist() == [[0.0] * 4]
+
+
+def test_id_matching_rules() -> None:
+    from clmer_features.interop.importer import _match_ids
+
+    mapping, loose, unmatched = _match_ids(
+        ["v$_$1", "A01", "x/7", "k1", "K1"], ["v_1", "A1", "a001", "7", "k1"])
+    assert mapping == {"v$_$1": "v_1", "x/7": "7", "k1": "k1"}
+    assert loose == [("x/7", "7")]  # the MMSA form is exact, not loose
+    assert unmatched == ["A01", "K1"]  # A01 is ambiguous (A1, a001); K1's loose target k1 is matched exactly
