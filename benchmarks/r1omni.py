@@ -176,6 +176,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     rows = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as d:
         rows.append(cpu_tiny(args.clips, args.batch, args.new_tokens, Path(d)))
     if torch.cuda.is_available():
@@ -185,7 +186,8 @@ def main() -> None:
     text = table(rows)
     print(text)
     machine = f"{platform.platform()}, python {platform.python_version()}, torch {torch.__version__}, " \
-              f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"
+              f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, " \
+              f"load average {load_before:.1f} at start (a shared machine: absolute times are noisy)"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "r1omni.json").write_text(json.dumps({"machine": machine, "runs": 1, "results": rows}, indent=1))
     (args.out / "r1omni.md").write_text(

@@ -195,3 +195,23 @@ def test_video_only_and_audio_only_prompts(loaded):
     assert AUDIO_SLOT not in dec.ids(("video",)) and VIDEO_SLOT not in dec.ids(("audio",))
     with pytest.raises(ValueError, match="video or audio"):
         dec.decode(None, None)
+
+
+def test_decoding_path_never_imports_a_tower(tiny):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from clmer_fusion.r1omni import cli, run\n"
+        "from clmer_fusion.r1omni.load import load_r1omni\n"
+        "from clmer_fusion.r1omni.decode import R1OmniDecoder\n"
+        f"dec = R1OmniDecoder(load_r1omni({str(tiny.model_dir)!r}), max_new_tokens=2)\n"
+        "dec.decode(np.zeros((1, 8, 16, 24), np.float16), np.zeros((1, 500, 20), np.float16))\n"
+        "bad = [m for m in sys.modules if m.startswith(('transformers.models.siglip', 'transformers.models.whisper',"
+        " 'clmer_features.extractors', 'clmer_features.engine', 'clmer_features.media', 'decord', 'funasr'))]\n"
+        "print('BAD', bad)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "BAD []" in res.stdout, res.stdout
