@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
 from tqdm import tqdm
 
 from clmer_features.interop.formats import Entry, InteropError, open_source
@@ -166,13 +165,10 @@ def import_features(
         spec = FeatureSpec.create(feature, extractor=f"import:{fmt}", model_id=model_id, params=params)
         store = open_store(cache_dir, dataset or m.dataset, create=True)
         store.write_clips(m)
-        fw = store.feature_writer(spec, input=input)
-        group = zarr.open_group(fw.dir, mode="r+")
-        prov = dict(group.attrs.get("provenance", {}))
-        prov["import"] = {"format": fmt, "source_name": src_path.name, "source_path": str(src_path), "key": key,
-                          "content_digest": params["content_digest"],
-                          "imported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        group.attrs["provenance"] = prov
+        imported = {"format": fmt, "source_name": src_path.name, "source_path": str(src_path), "key": key,
+                    "content_digest": params["content_digest"],
+                    "imported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        fw = store.feature_writer(spec, input=input, provenance={"import": imported})
 
         summary = ImportSummary(feature, spec.spec_id, fmt, str(src_path), layout, dtype.name, dim,
                                 loose=loose, unmatched=unmatched, store=str(fw.dir))

@@ -134,9 +134,11 @@ class Store(StoreLike):
             )
         return FeatureReader(self, name, complete[0].spec_id)
 
-    def feature_writer(self, spec: FeatureSpec, input: str = "media") -> FeatureWriter:
+    def feature_writer(self, spec: FeatureSpec, input: str = "media", provenance: dict | None = None) -> FeatureWriter:
+        """A writer for ``spec``; ``input`` says which cache key the clips use ('media' or
+        'text'); ``provenance`` entries are merged into the feature's attributes."""
         self.root.mkdir(parents=True, exist_ok=True)
-        return FeatureWriter(self.root, spec, input=input)
+        return FeatureWriter(self.root, spec, input=input, provenance=provenance)
 
     def finalize(self, feature: str, spec_id: str) -> FinalizeSummary:
         return finalize_feature(self.root, feature, spec_id)

@@ -215,7 +215,7 @@ class PartWriter:
 class FeatureWriter:
     """Writes parts of one feature spec and finalizes its index."""
 
-    def __init__(self, store_root: Path, spec: FeatureSpec, input: str = "media"):
+    def __init__(self, store_root: Path, spec: FeatureSpec, input: str = "media", provenance: dict[str, Any] | None = None):
         if input not in ("media", "text"):
             raise ValueError(f"input must be 'media' or 'text', not {input!r}")
         self.spec = spec
@@ -223,19 +223,24 @@ class FeatureWriter:
         self.dir = L.feature_dir(store_root, spec.feature, spec.spec_id)
         self.parts_dir = self.dir / L.PARTS_DIR
         self.input = input
-        self._ensure_group()
+        self._ensure_group(provenance or {})
 
-    def _ensure_group(self) -> None:
+    def _ensure_group(self, extra: dict[str, Any]) -> None:
+        """Create the spec's group once (attrs: spec, input, provenance); later writers
+        only check it holds the same spec, and add their provenance entries."""
         if (self.dir / "zarr.json").exists():
             attrs = zarr.open_group(self.dir, mode="r").attrs.asdict()
             stored = FeatureSpec.from_dict(attrs["spec"])
             if stored.spec_id != self.spec.spec_id:
                 raise StoreError(f"{self.dir}: holds spec {stored.describe()}, not {self.spec.describe()}")
+            if extra:
+                g = zarr.open_group(self.dir, mode="r+")
+                g.attrs["provenance"] = {**attrs.get("provenance", {}), **extra}
         else:
             self.dir.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.dir.parent / f"{L.TMP_PREFIX}{self.spec.spec_id}-{uuid.uuid4().hex[:8]}"
             g = zarr.open_group(tmp, mode="w-")
-            g.attrs.update({"spec": self.spec.to_dict(), "input": self.input, "provenance": _provenance()})
+            g.attrs.update({"spec": self.spec.to_dict(), "input": self.input, "provenance": {**_provenance(), **extra}})
             (tmp / L.PARTS_DIR).mkdir()
             try:
                 os.rename(tmp, self.dir)
