@@ -94,7 +94,8 @@ def export_transcripts_cmd(manifest: str, cache_dir: str, dataset: str | None, o
     m = read_manifest(manifest, dataset=dataset)
     store = open_store(cache_dir, m.dataset)
     store.write_clips(m)
-    path, rows = export_transcripts(store, Path(output))
+    result = export_transcripts(store, Path(output))
+    path, rows = result if isinstance(result, tuple) else (output, result)
     click.echo(f"wrote {rows} transcripts to {path}")
 
 
