@@ -121,3 +121,14 @@ def test_cli_missing_features_is_one_clear_line(cached, tmp_path):
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "r1omni_vision" in lines[0] and "extract" in lines[0]
+
+
+def test_openset_column_is_the_open_vocabulary_gold(cached, tmp_path):
+    df = pl.read_csv(cached.manifest).with_columns(
+        pl.Series("openset", ["['happy', 'excited']", "['sad']", "['fear', 'nervous']"]))
+    man = tmp_path / "ov.csv"
+    df.write_csv(man)
+    res = run_r1omni(man, cached.cache, cached.tiny.model_dir, dataset="r1demo", out_dir=tmp_path / "o",
+                     batch_size=3, max_new_tokens=2, progress=False)
+    ov = res.scores["open_vocabulary"]
+    assert ov["gold_column"] == "openset" and ov["n"] == 3 and ov["recall"] == 0.0

@@ -40,6 +40,7 @@ def test_war_and_uar_numbers():
 
 def test_open_vocabulary_set_level_scores():
     assert split_labels("Happy, excited and nervous / happy") == ["happy", "excited", "nervous"]
+    assert split_labels("['worried', 'anxious']") == ["worried", "anxious"]  # OV-MERD's written form
     golds = ["happy, nervous", "angry", "sad, disappointed"]
     preds = ["joyful, anxious, surprised", "furious", None]
     s = ov_scores(golds, preds)

@@ -30,7 +30,7 @@ import polars as pl
 
 from clmer_features.errors import ClmerError, StoreError
 from clmer_fusion.r1omni.decode import DEFAULT_INSTRUCTION, R1OmniDecoder
-from clmer_fusion.r1omni.score import normalize_label, score
+from clmer_fusion.r1omni.score import normalize_label, ov_scores, score
 
 VISION, AUDIO = "r1omni_vision", "r1omni_audio"
 
@@ -211,7 +211,12 @@ def run_r1omni(
                 "correct": pl.Boolean, "format_ok": pl.Boolean, "modalities": pl.String, "think": pl.String},
     )
     table.write_csv(out / "combined_results.csv")
-    summary.scores = score([r["label"] for r in results], [r["answer"] for r in results])
+    answers = [r["answer"] for r in results]
+    summary.scores = score([r["label"] for r in results], answers)
+    # open-vocabulary gold sets: the manifest's `openset` column where it has one (MER OV track)
+    if any(rows[r["clip_id"]].get("openset") for r in results):
+        summary.scores["open_vocabulary"] = ov_scores([rows[r["clip_id"]].get("openset") for r in results], answers)
+        summary.scores["open_vocabulary"]["gold_column"] = "openset"
     summary.seconds = time.perf_counter() - t0
     _atomic_json(out / "score.json", {
         **summary.scores,
