@@ -107,6 +107,8 @@ class BenchOutput:
     table: str
     shapley: dict[str, Any] = field(default_factory=dict)
     record: dict[str, Any] = field(default_factory=dict)
+    confusions: dict[str, list[list[int]]] = field(default_factory=dict)   # "protocol/head" (all modalities)
+    classes: list[str] = field(default_factory=list)
     paths: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -129,6 +131,7 @@ def run_grid(cfg: dict[str, Any], data: FusionData | None = None, progress: bool
     jobs = [(p, h, s, seed) for p in protocols for h in heads for s in subsets for seed in seeds]
     rows: list[dict[str, Any]] = []
     outs: dict[tuple, np.ndarray] = {}
+    confusions: dict[str, list[list[int]]] = {}
     t0 = time.perf_counter()
     from tqdm import tqdm
 
@@ -140,6 +143,9 @@ def run_grid(cfg: dict[str, Any], data: FusionData | None = None, progress: bool
             rows.append({"protocol": p["name"], "head": h, "subset": name, "seed": seed, **r})
         for key, out in res.outputs.items():
             outs[(p["name"], h, frozenset(s), seed, key)] = out
+        if len(s) == len(mods) and seed == seeds[0] and res.confusions:
+            test_keys = [k for k in res.confusions if k.endswith("/test")] or list(res.confusions)
+            confusions[f"{p['name']}/{h}"] = res.confusions[test_keys[0]]
     seconds = time.perf_counter() - t0
     frame = pl.DataFrame(rows, infer_schema_length=None)
     shap = _shapley(data, protocols, heads, seeds, outs, cfg) if want_explain else {}
@@ -148,7 +154,7 @@ def run_grid(cfg: dict[str, Any], data: FusionData | None = None, progress: bool
               "rows_digest": digest(_metric_rows(frame)), "rows": _metric_rows(frame),
               "shapley": {k: v["metric_shapley"] for k, v in shap.items()}}
     return BenchOutput(rows=frame, table=markdown_table(frame, data.task), shapley=shap, record=record,
-                       seconds=seconds)
+                       seconds=seconds, confusions=confusions, classes=list(data.classes))
 
 
 def _metric_rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
@@ -220,9 +226,10 @@ def shapley_markdown(shap: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(out: BenchOutput, out_dir: str | Path, data_classes: list[str] | None = None) -> dict[str, str]:
-    """results.parquet/csv, table.md, shapley.{md,json}, shapley.png, record.json (written last)."""
-    from clmer_fusion.plots import shapley_bars
+def write_outputs(out: BenchOutput, out_dir: str | Path) -> dict[str, str]:
+    """results.parquet/csv, table.md, shapley.{md,json}, shapley.png, confusion_*.png, record.json
+    (written last, so a record's presence means the rest is there)."""
+    from clmer_fusion.plots import confusion_png, shapley_bars
 
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -238,6 +245,9 @@ def write_outputs(out: BenchOutput, out_dir: str | Path, data_classes: list[str]
         mods = list(next(iter(out.shapley.values()))["metric_shapley"])
         paths["shapley_png"] = shapley_bars({k: v["metric_shapley"] for k, v in out.shapley.items()}, mods,
                                             d / "shapley.png")
+    for key, cm in out.confusions.items():
+        name = "confusion_" + key.replace("/", "_")
+        paths[name] = confusion_png(cm, out.classes, d / f"{name}.png", title=f"{key} (all modalities, test)")
     tmp = paths["record"].with_suffix(".tmp")
     tmp.write_text(json.dumps(out.record, indent=2, default=str))
     tmp.replace(paths["record"])

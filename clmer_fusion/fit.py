@@ -1,8 +1,9 @@
 """Fit one head on a ``FusionData`` split: full-batch fast path, early stopping, determinism.
 
-Fast path: with ``batch_size=0`` the whole training split is one batch held as tensors (no
-DataLoader, no per-sample collation); validation is one forward pass. Minibatches (``batch_size>0``)
-are drawn from a seeded ``torch.Generator`` over indices, still without a DataLoader.
+Fast path: the training split is held as tensors on the device; large batches (1024 rows by
+default, ``batch_size=0`` for one full batch) are index slices from a seeded ``torch.Generator``
+permutation (no DataLoader, no per-sample collation); validation is one forward pass per epoch;
+early stopping on a validation metric (WAR by default, val loss breaking ties).
 Same config + seed + data -> same numbers (seeded init, dropout and shuffles; no nondeterministic ops).
 """
 from __future__ import annotations
@@ -29,11 +30,12 @@ class TrainConfig:
     dropout: float = 0.1
     lr: float = 3e-3
     weight_decay: float = 1e-4
-    batch_size: int = 0              # 0: full batch (the CPU fast path)
+    batch_size: int = 1024           # large batches (0: full batch): the CPU fast path
     max_epochs: int = 300
-    patience: int = 20               # evaluations without val improvement before stopping
+    patience: int = 10               # evaluations without val improvement before stopping
     eval_every: int = 1
     min_delta: float = 1e-3          # relative val-loss improvement that resets patience
+    select: str = "war"              # early-stopping criterion (classification): loss|war|uar|macro_f1|weighted_f1
     class_weights: bool = False
     standardize: bool = True
     modality_dropout: float = 0.0    # train-time probability of hiding a modality (learns the embedding)
@@ -129,9 +131,22 @@ def _loss_fn(cfg: TrainConfig, task: str, weight: torch.Tensor | None):
     return lambda out, y: F.l1_loss(out.reshape(-1), y)
 
 
+def _val_metric(select: str, train: FusionData, vout: torch.Tensor, val: FusionData) -> float:
+    """Validation score that early stopping maximises (0 when selecting on loss alone)."""
+    if select == "loss" or train.task != "classification":
+        return 0.0
+    from clmer_fusion.metrics import classification_metrics
+
+    pred = vout.argmax(1).cpu().numpy()
+    return round(classification_metrics(val.y, pred, train.n_out)[select], 10)
+
+
 def fit(train: FusionData, val: FusionData | None, cfg: TrainConfig) -> Fitted:
     """Train ``cfg.head`` on ``train``; early-stop on ``val`` loss (restore the best epoch)."""
     t0 = time.perf_counter()
+    if cfg.select not in ("loss", "war", "uar", "macro_f1", "weighted_f1"):
+        from clmer_features.errors import ClmerError
+        raise ClmerError(f"select must be loss, war, uar, macro_f1 or weighted_f1, not {cfg.select!r}")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
@@ -150,6 +165,7 @@ def fit(train: FusionData, val: FusionData | None, cfg: TrainConfig) -> Fitted:
     n = train.n
     bs = cfg.batch_size if 0 < cfg.batch_size < n else n
     best, best_state, best_epoch, bad, history = float("inf"), None, 0, 0, []
+    best_metric = float("-inf")
     epoch = 0
     for epoch in range(1, cfg.max_epochs + 1):
         head.train()
@@ -172,10 +188,13 @@ def fit(train: FusionData, val: FusionData | None, cfg: TrainConfig) -> Fitted:
             continue
         head.eval()
         with torch.no_grad():
-            vloss = float(loss_fn(head(vt[0], vt[1], vt[2])["out"], vt[3]))
-        history.append({"epoch": epoch, "train_loss": float(loss.detach()), "val_loss": vloss})
-        if vloss < best - cfg.min_delta * max(abs(best), 1e-3) or best_state is None:
-            best, best_epoch, bad = vloss, epoch, 0
+            vout = head(vt[0], vt[1], vt[2])["out"]
+            vloss = float(loss_fn(vout, vt[3]))
+        vmetric = _val_metric(cfg.select, train, vout, val)
+        history.append({"epoch": epoch, "train_loss": float(loss.detach()), "val_loss": vloss, "val_metric": vmetric})
+        better_loss = vloss < best - cfg.min_delta * max(abs(best), 1e-3)
+        if best_state is None or vmetric > best_metric or (vmetric == best_metric and better_loss):
+            best, best_metric, best_epoch, bad = vloss, vmetric, epoch, 0
             best_state = copy.deepcopy(head.state_dict())
         else:
             bad += 1

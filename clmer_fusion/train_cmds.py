@@ -1,6 +1,152 @@
-"""Placeholder: its owner replaces this module with real commands."""
+"""`clmer-fusion train` and `clmer-fusion bench`: thin wrappers over clmer_fusion.train / .bench."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
 import click
+
+from clmer_features.errors import ClmerError
+
+
+def _features(value: str) -> list[str]:
+    feats = [f.strip() for f in value.split(",") if f.strip()]
+    if not feats:
+        raise click.BadParameter("give at least one feature, e.g. --features bert,emotion2vec")
+    return feats
+
+
+@click.command("train")
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False))
+@click.option("--cache", required=True, type=click.Path(file_okay=False), help="Store root (cache/<dataset>/...).")
+@click.option("--features", required=True, help="Comma-separated store features, one per modality: bert,emotion2vec,siglip")
+@click.option("--head", default="mlp", show_default=True,
+              type=click.Choice(["linear", "mlp", "late", "attention", "temporal", "unified", "disentangled"]))
+@click.option("--target", default="label", show_default=True, type=click.Choice(["label", "label_value"]),
+              help="label: classification; label_value: regression (MMSA metrics).")
+@click.option("--protocol", default="splits", show_default=True,
+              type=click.Choice(["splits", "kfold", "logo", "crosslingual"]))
+@click.option("--k", default=5, show_default=True, help="kfold: number of folds (when no 'fold' column).")
+@click.option("--group-column", default=None, help="logo: the group column (speaker, session...); "
+              "crosslingual: the language column (default language).")
+@click.option("--missing", default="drop", show_default=True, type=click.Choice(["drop", "embed"]),
+              help="Clips missing a modality: drop them, or use a learned missing embedding.")
+@click.option("--pool", default="mean", show_default=True, type=click.Choice(["mean", "max", "model", "attention"]),
+              help="Sequence -> utterance pooling (attention: learned, reads frame-level data).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--lr", default=None, type=float, help="Learning rate (default 3e-3).")
+@click.option("--hidden", default=None, type=int, help="Hidden size (default 128).")
+@click.option("--batch-size", default=None, type=int, help="Rows per step (default 1024; 0 = one full batch).")
+@click.option("--max-epochs", default=None, type=int)
+@click.option("--patience", default=None, type=int, help="Evaluations without validation gain before stopping.")
+@click.option("--select", default=None, type=click.Choice(["loss", "war", "uar", "macro_f1", "weighted_f1"]),
+              help="Early-stopping criterion on validation (default war).")
+@click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--ci", default=0, show_default=True, help="Bootstrap draws for 95% confidence intervals (0: none).")
+@click.option("--explain", is_flag=True, help="Also compute exact Shapley values of the modalities.")
+@click.option("--shapley-method", default="retrain", show_default=True, type=click.Choice(["retrain", "mask"]))
+@click.option("--dataset", default=None, help="Store dataset name (default: the manifest's file stem).")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Output folder (default runs/<dataset>/<head>_<features>).")
+def train_cmd(manifest, cache, features, head, target, protocol, k, group_column, missing, pool, seed, lr, hidden,
+              batch_size, max_epochs, patience, select, class_weights, device, ci, explain, shapley_method,
+              dataset, out) -> None:
+    """Train a fusion head on cached features and score it.
+
+    Prints a table per fold and evaluation set and writes OUT/metrics.json (per split: war, uar,
+    macro_f1, weighted_f1, confusion, ...) and OUT/combined_results.csv (clip_id, label, pred,
+    prob_<class>). Same inputs and seed give the same numbers.
+
+    \b
+    Example:
+      clmer-fusion train meld.csv --cache cache --features bert --head linear
+      clmer-fusion train sims.csv --cache cache --features bert,emotion2vec,siglip \\
+          --head attention --target label_value --explain
+    """
+    from clmer_fusion.explain import explain as explain_fn
+    from clmer_fusion.fit import TrainConfig
+    from clmer_fusion.plots import shapley_bars
+    from clmer_fusion.train import train_from_store
+
+    feats = _features(features)
+    proto: dict = {"name": protocol}
+    if protocol == "kfold":
+        proto["k"] = k
+    if protocol == "logo":
+        if not group_column:
+            raise ClmerError("--protocol logo needs --group-column (e.g. speaker or session)")
+        proto["column"] = group_column
+    if protocol == "crosslingual" and group_column:
+        proto["column"] = group_column
+    options = {key: v for key, v in dict(lr=lr, hidden=hidden, batch_size=batch_size, max_epochs=max_epochs,
+                                          patience=patience, select=select).items() if v is not None}
+    options.update(class_weights=class_weights, device=device)
+    out_dir = Path(out) if out else Path("runs") / (dataset or Path(manifest).stem) / f"{head}_{'+'.join(feats)}"
+    res = train_from_store(manifest, cache, feats, head, protocol=proto, target=target, missing=missing,
+                           pool=pool, seed=seed, ci=ci, dataset=dataset, out_dir=out_dir, **options)
+    click.echo(res.table())
+    rep = res.missing_report
+    click.echo(f"missing-modality policy {rep.get('policy')}: kept {rep.get('kept')} of {rep.get('clips')} clips "
+               f"(missing per modality {rep.get('missing_per_modality')}; no target {rep.get('no_target', 0)})")
+    if explain:
+        if len(feats) < 2:
+            raise ClmerError("--explain needs at least two features (modalities)")
+        from clmer_fusion.data import load_from_store
+
+        level = "frame" if head == "temporal" or pool == "attention" else "utterance"
+        data = load_from_store(manifest, cache, feats, target=target, pool=pool if level == "utterance" else "mean",
+                               level=level, missing=missing, dataset=dataset)
+        exp = explain_fn(data, res.config, proto, method=shapley_method)
+        click.echo(exp.table())
+        (out_dir / "shapley.json").write_text(json.dumps(exp.to_dict(), indent=2))
+        exp.clip_shapley.write_csv(out_dir / "shapley_clips.csv")
+        shapley_bars({g["group"]: {m: g[m] for m in feats} for g in exp.groups.to_dicts()}, feats,
+                     out_dir / "shapley.png", title=f"Shapley on predicted-class probability ({head})")
+    click.echo(f"wrote {out_dir}/metrics.json and {out_dir}/combined_results.csv")
+
+
+@click.command("bench")
+@click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--check", "check_record", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Rerun the grid of a record.json and report every metric that differs.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder (default: config 'out').")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def bench_cmd(config, check_record, out, quiet) -> None:
+    """Run a grid: heads x modality subsets x seeds x protocols, from a YAML config.
+
+    Writes results.parquet/.csv, table.md (mean ± std over seeds), shapley.md/.png,
+    confusion_*.png and record.json (config, spec ids, manifest fingerprint, versions, revision).
+    `--check RECORD` reruns a recorded grid and exits 1 if any number differs.
+    The config format is documented in clmer_fusion/bench.py.
+    """
+    from clmer_fusion import bench
+
+    if check_record:
+        diffs = bench.check(check_record, progress=not quiet)
+        if diffs:
+            click.echo(f"{len(diffs)} difference(s) against {check_record}:")
+            for d in diffs[:50]:
+                click.echo(f"  {d}")
+            raise SystemExit(1)
+        click.echo(f"no differences: every metric in {check_record} reproduced exactly")
+        return
+    if not config:
+        raise ClmerError("give a CONFIG.yaml (or --check RECORD)")
+    cfg = bench.load_config(config)
+    out_dir = Path(out or cfg.get("out") or Path(config).with_suffix(""))
+    cfg["out"] = str(out_dir)
+    res = bench.run_grid(cfg, progress=not quiet)
+    paths = bench.write_outputs(res, out_dir)
+    click.echo(res.table)
+    if res.shapley:
+        click.echo("")
+        click.echo(bench.shapley_markdown(res.shapley))
+    click.echo(f"{res.record['fits']} fits in {res.seconds:.1f} s; wrote {paths['table']}, {paths['parquet']}, "
+               f"{paths['record']}")
 
 
 def register(group: click.Group) -> None:
-    """Add this topic's commands to ``group``."""
+    """Add `train` and `bench` to the `clmer-fusion` group."""
+    group.add_command(train_cmd)
+    group.add_command(bench_cmd)
