@@ -49,14 +49,17 @@ MODEL_CACHE: dict[tuple[str, str, str, str], Extractor] = {}
 def resolve_device(device: str = "auto") -> str:
     if device not in ("auto", "cpu") and not device.startswith("cuda"):
         raise ClmerError(f"--device must be cpu, cuda, cuda:N or auto, not {device!r}")
-    if device != "auto":
-        return device
     try:
         import torch
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        has_cuda = torch.cuda.is_available()
     except ImportError:
-        return "cpu"
+        has_cuda = False
+    if device == "auto":
+        return "cuda" if has_cuda else "cpu"
+    if device.startswith("cuda") and not has_cuda:
+        raise ClmerError(f"--device {device}: no CUDA GPU is visible to torch (use --device cpu or auto)")
+    return device
 
 
 def get_cached_extractor(name: str, model_dir: Path, device: str, params: Mapping[str, Any] | None = None) -> Extractor:
@@ -77,6 +80,10 @@ def build_extractors(
     device: str = "cpu",
     params: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Extractor]:
+    features = list(features)
+    stray = sorted(set(params or {}) - set(features))
+    if stray:
+        raise ClmerError(f"parameters given for {', '.join(stray)}, which is not among the features {features}")
     out: dict[str, Extractor] = {}
     for name in features:
         try:
@@ -84,7 +91,10 @@ def build_extractors(
         except KeyError as exc:
             raise ClmerError(str(exc.args[0])) from None
         model_dir = resolve_model_dir(name, models_dir, model_overrides)
-        out[name] = get_cached_extractor(name, model_dir, device, (params or {}).get(name))
+        try:
+            out[name] = get_cached_extractor(name, model_dir, device, (params or {}).get(name))
+        except (TypeError, ValueError) as exc:
+            raise ClmerError(f"{name}: {exc}") from None
     return out
 
 

@@ -196,3 +196,28 @@ def test_siglip_fp16_on_gpu_matches_cpu(tiny_models, media):
     cpu = cls(tiny_models / T.SIGLIP_ID, device="cpu").extract([clip])[0].values
     gpu = cls(tiny_models / T.SIGLIP_ID, device="cuda").extract([clip])[0].values
     np.testing.assert_allclose(gpu, cpu, atol=2e-2, rtol=2e-2)
+
+
+def test_params_and_device_from_the_cli(tiny_models, media, tmp_path):
+    from clmer_features.cli import cli
+
+    man = T.write_manifest(tmp_path / "one.csv", [{"clip_id": "av", "video": str(media["av"])}])
+    base = ["extract", str(man), "-f", "siglip", "--cache", str(tmp_path / "c"), "--models-dir", str(tiny_models),
+            "--no-progress", "--device", "cpu"]
+    res = CliRunner().invoke(cli, [*base, "--param", "siglip.frame_interval=1.0"])
+    assert res.exit_code == 0, res.output
+    store = open_store(tmp_path / "c", "one")
+    (spec,) = [s.spec for s in store.specs("siglip")]
+    assert spec.params["frame_interval"] == 1.0
+    assert store.feature("siglip").times("av").tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    with pytest.raises(Exception, match="unknown parameter"):
+        engine.extract(man, ["siglip"], tmp_path / "c", models_dir=tiny_models, device="cpu",
+                       params={"siglip": {"frame_rate": 3}}, progress=False)
+    with pytest.raises(Exception, match="not among the features"):
+        engine.extract(man, ["siglip"], tmp_path / "c", models_dir=tiny_models, device="cpu",
+                       params={"bert": {"pooled": "cls"}}, progress=False)
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match="no CUDA GPU"):
+            engine.extract(man, ["siglip"], tmp_path / "c", models_dir=tiny_models, device="cuda", progress=False)

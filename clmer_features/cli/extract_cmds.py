@@ -1,7 +1,9 @@
 """`clmer-features extract | export-transcripts | demo`: thin wrappers around the engine."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,6 +29,23 @@ def _feature_list(value: str) -> list[str]:
     return names
 
 
+def parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """``FEATURE.NAME=VALUE`` strings -> {feature: {name: value}}; values parsed as JSON when they can be."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        lhs, sep, raw = item.partition("=")
+        feature, dot, name = lhs.partition(".")
+        if not sep or not dot or not feature or not name:
+            raise click.BadParameter(f"{item!r}: expected FEATURE.NAME=VALUE, e.g. siglip.frame_interval=1.0",
+                                     param_hint="--param")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(feature.strip(), {})[name.strip()] = value
+    return out
+
+
 @click.command("extract")
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--features", "-f", required=True, metavar="A,B,...",
@@ -47,11 +66,15 @@ def _feature_list(value: str) -> list[str]:
               help="Clips per part written to the store (the unit of resume).")
 @click.option("--decode-workers", type=click.IntRange(min=0), default=None,
               help="Decoder processes (default: CPUs-1, at most 4; 0 decodes in-process).")
+@click.option("--param", "param", multiple=True, metavar="FEATURE.NAME=VALUE",
+              help="An extractor parameter (repeatable), e.g. siglip.frame_interval=1.0; "
+                   "parameters that change the numbers go into the feature spec.")
 @click.option("--retry-failed", is_flag=True, help="Try clips again that failed in earlier runs.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def extract_cmd(manifest: str, features: str, cache_dir: str, models_dir: str | None, model: tuple[str, ...],
                 device: str, dataset: str | None, batch_size: int, partition_size: int,
-                decode_workers: int | None, retry_failed: bool, no_progress: bool) -> None:
+                decode_workers: int | None, param: tuple[str, ...], retry_failed: bool,
+                no_progress: bool) -> None:
     """Extract FEATURES for every clip of MANIFEST that the cache lacks.
 
     \b
@@ -71,7 +94,7 @@ def extract_cmd(manifest: str, features: str, cache_dir: str, models_dir: str | 
         manifest, _feature_list(features), cache_dir, models_dir=models_dir,
         model_overrides=parse_overrides(model), device=device, batch_size=batch_size,
         retry_failed=retry_failed, dataset=dataset, partition_size=partition_size,
-        decode_workers=decode_workers, progress=not no_progress,
+        decode_workers=decode_workers, params=parse_params(param), progress=not no_progress,
     )
     click.echo(summary.format())
 

@@ -32,7 +32,9 @@ class BertExtractor(Extractor):
 
     def __init__(self, model_dir: Path, device: str = "cpu", *, max_length: int = 512,
                  pooled: str = "cls", text_batch: int = 32, **params: Any) -> None:
-        super().__init__(model_dir, device, **params)
+        if params:
+            raise TypeError(f"bert: unknown parameter(s) {sorted(params)}; known: max_length, pooled, text_batch")
+        super().__init__(model_dir, device)
         if pooled not in ("cls", "pooler"):
             raise ValueError(f"bert: pooled must be 'cls' or 'pooler', not {pooled!r}")
         self.max_length = int(max_length)
@@ -88,7 +90,7 @@ class BertExtractor(Extractor):
         require_files(self.model_dir, ("config.json",), self.name)
         return FeatureSpec.create(
             self.name,
-            model_id=str(self.params.get("model_id") or self.default_model),
+            model_id=self.default_model,  # the weights digest says which weights; paths stay out
             weights_digest=weights_digest(self.model_dir),
             format_version=self.format_version,
             params={"max_length": self.max_length, "pooled": self.pooled_kind,

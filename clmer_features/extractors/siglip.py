@@ -39,7 +39,9 @@ class SiglipExtractor(Extractor):
 
     def __init__(self, model_dir: Path, device: str = "cpu", *, frame_interval: float = 2.0,
                  frame_batch: int = 64, **params: Any) -> None:
-        super().__init__(model_dir, device, **params)
+        if params:
+            raise TypeError(f"siglip: unknown parameter(s) {sorted(params)}; known: frame_interval, frame_batch")
+        super().__init__(model_dir, device)
         self.frame_interval = float(frame_interval)
         self.frame_batch = int(frame_batch)
         self.model: Any = None
@@ -59,7 +61,7 @@ class SiglipExtractor(Extractor):
         return FeatureSpec.create(
             self.name,
             extractor=self.name,
-            model_id=self.default_model if not self.params.get("model_id") else str(self.params["model_id"]),
+            model_id=self.default_model,  # the folder is identified by its weights digest, never its path
             weights_digest=weights_digest(self.model_dir),
             format_version=self.format_version,
             params={
