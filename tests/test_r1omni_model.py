@@ -215,3 +215,14 @@ def test_decoding_path_never_imports_a_tower(tiny):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "BAD []" in res.stdout, res.stdout
+
+
+def test_skipping_random_init_changes_nothing(tiny, loaded):
+    """The loader skips weight init when every key must come from the checkpoint: same numbers."""
+    slow = load_r1omni(tiny.model_dir, allow_mismatch=True)  # builds with the usual random init
+    fast_state, slow_state = loaded.model.state_dict(), slow.model.state_dict()
+    assert fast_state.keys() == slow_state.keys()
+    for k in fast_state:
+        assert torch.equal(fast_state[k], slow_state[k]), k
+    for (n, a), (_, b) in zip(loaded.model.named_buffers(), slow.model.named_buffers()):
+        assert torch.equal(a, b), n
