@@ -74,14 +74,9 @@ def load_data(cfg: dict[str, Any]) -> tuple[FusionData, dict[str, Any]]:
                            dataset=cfg.get("dataset"), spec_ids=cfg.get("spec_ids"))
     prov = {"source": "store", "manifest": str(cfg["manifest"]), "manifest_sha256": file_sha256(cfg["manifest"]),
             "spec_ids": data.spec_ids, "clips": data.n, "missing": data.missing_report}
-    try:  # the manifest module's own fingerprint, when it offers one
-        from clmer_features import manifest as man_mod
+    from clmer_features.manifest import read_manifest
 
-        fp = getattr(man_mod, "manifest_fingerprint", None)
-        if fp is not None:
-            prov["manifest_fingerprint"] = str(fp(man_mod.read_manifest(cfg["manifest"], dataset=cfg.get("dataset"))))
-    except Exception:  # noqa: BLE001 - provenance extra, never fatal
-        pass
+    prov["manifest_fingerprint"] = read_manifest(cfg["manifest"], dataset=cfg.get("dataset")).fingerprint()
     return data, prov
 
 
@@ -117,8 +112,7 @@ def run_grid(cfg: dict[str, Any], data: FusionData | None = None, progress: bool
     """Train and score every (protocol, head, subset, seed); Shapley per (protocol, head, seed)."""
     import torch
 
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    torch.set_num_threads(int(cfg.get("threads", 1)))
     prov: dict[str, Any] = {"source": "in-memory"}
     if data is None:
         data, prov = load_data(cfg)
@@ -267,7 +261,11 @@ def check(record_path: str | Path, progress: bool = True) -> list[str]:
     new = run_grid(cfg, progress=progress)
     old_rows = {tuple(r[c] for c in ID_COLS): r for r in rec["rows"]}
     new_rows = {tuple(r[c] for c in ID_COLS): r for r in _metric_rows(new.rows)}
-    diffs = [f"missing in rerun: {k}" for k in old_rows if k not in new_rows]
+    diffs = []
+    for key in ("spec_ids", "manifest_fingerprint"):
+        if rec["provenance"].get(key) != new.record["provenance"].get(key):
+            diffs.append(f"{key}: recorded {rec['provenance'].get(key)} != now {new.record['provenance'].get(key)}")
+    diffs += [f"missing in rerun: {k}" for k in old_rows if k not in new_rows]
     diffs += [f"new in rerun: {k}" for k in new_rows if k not in old_rows]
     for k in old_rows.keys() & new_rows.keys():
         a, b = old_rows[k], new_rows[k]
