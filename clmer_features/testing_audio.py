@@ -30,11 +30,23 @@ SAMPLE_RATE = 16000
 # --- emotion2vec --------------------------------------------------------------
 
 
-def tiny_emotion2vec_config(embed_dim: int = 32, depth: int = 2, heads: int = 4) -> dict[str, Any]:
-    """A funasr ``config.yaml`` for a tiny Emotion2vec: same keys as the real
-    emotion2vec_base config, small numbers (the conv front end keeps the real
-    320-sample hop, so frames come at 50 Hz)."""
-    conv = embed_dim
+def emotion2vec_config(
+    *,
+    embed_dim: int = 32,
+    depth: int = 2,
+    heads: int = 4,
+    prenet_depth: int = 1,
+    conv_dim: int = 32,
+    extra_tokens: int = 2,
+    conv_pos_depth: int = 2,
+    conv_pos_width: int = 6,
+    conv_pos_groups: int = 4,
+    decoder_dim: int = 16,
+    decoder_layers: int = 2,
+) -> dict[str, Any]:
+    """A funasr ``config.yaml`` for an Emotion2vec: the keys of the real
+    emotion2vec_base config with the sizes given (the conv front end keeps the
+    real 320-sample hop, so frames come at 50 Hz). Defaults are tiny."""
     return {
         "model": "Emotion2vec",
         "model_conf": {
@@ -53,7 +65,7 @@ def tiny_emotion2vec_config(embed_dim: int = 32, depth: int = 2, heads: int = 4)
             "dropout_input": 0.0,
             "layerdrop": 0.05,
             "embed_dim": embed_dim,
-            "mlp_ratio": 2.0,
+            "mlp_ratio": 4.0,
             "layer_norm_first": False,
             "average_top_k_layers": depth,
             "end_of_block_targets": False,
@@ -61,21 +73,23 @@ def tiny_emotion2vec_config(embed_dim: int = 32, depth: int = 2, heads: int = 4)
             "normalize": True,
             "modalities": {
                 "audio": {
-                    "feature_encoder_spec": f"[({conv}, 10, 5)] + [({conv}, 3, 2)] * 4 + [({conv}, 2, 2)] * 2",
+                    "feature_encoder_spec": (
+                        f"[({conv_dim}, 10, 5)] + [({conv_dim}, 3, 2)] * 4 + [({conv_dim}, 2, 2)] * 2"
+                    ),
                     "extractor_mode": "layer_norm",
-                    "conv_pos_depth": 2,
-                    "conv_pos_width": 6,
-                    "conv_pos_groups": heads,
+                    "conv_pos_depth": conv_pos_depth,
+                    "conv_pos_width": conv_pos_width,
+                    "conv_pos_groups": conv_pos_groups,
                     "conv_pos_pre_ln": False,
                     "start_drop_path_rate": 0.0,
                     "end_drop_path_rate": 0.0,
-                    "prenet_depth": 1,
+                    "prenet_depth": prenet_depth,
                     "prenet_layerdrop": 0.0,
                     "prenet_dropout": 0.1,
                     "model_depth": depth,
                     "use_alibi_encoder": True,
                     "local_grad_mult": 1.0,
-                    "num_extra_tokens": 2,
+                    "num_extra_tokens": extra_tokens,
                     "init_extra_token_zero": False,
                     "alibi_scale": 1.0,
                     "learned_alibi_scale": True,
@@ -97,10 +111,10 @@ def tiny_emotion2vec_config(embed_dim: int = 32, depth: int = 2, heads: int = 4)
                     "encoder_zero_mask": True,
                     "remove_masks": False,
                     "decoder": {
-                        "decoder_dim": 16,
-                        "decoder_groups": 4,
+                        "decoder_dim": decoder_dim,
+                        "decoder_groups": min(16, decoder_dim),
                         "decoder_kernel": 7,
-                        "decoder_layers": 2,
+                        "decoder_layers": decoder_layers,
                         "input_dropout": 0.1,
                         "add_positions_masked": False,
                         "add_positions_all": False,
@@ -114,16 +128,26 @@ def tiny_emotion2vec_config(embed_dim: int = 32, depth: int = 2, heads: int = 4)
     }
 
 
+# emotion2vec_base's sizes (data2vec 2.0 audio base): 768-d, 8 + 4 blocks, 12 heads,
+# 512-channel conv front end, 10 extra tokens, 5 grouped positional convs.
+EMOTION2VEC_BASE_SIZES: dict[str, int] = {
+    "embed_dim": 768, "depth": 8, "heads": 12, "prenet_depth": 4, "conv_dim": 512, "extra_tokens": 10,
+    "conv_pos_depth": 5, "conv_pos_width": 95, "conv_pos_groups": 16, "decoder_dim": 384, "decoder_layers": 4,
+}
+
+
 def make_tiny_emotion2vec(
     folder: str | Path,
     *,
     seed: int = 0,
-    embed_dim: int = 32,
-    depth: int = 2,
-    heads: int = 4,
-    hub_id: str = "clmer-testing/tiny-emotion2vec",
+    size: str = "tiny",
+    hub_id: str | None = None,
 ) -> Path:
-    """Write a tiny random emotion2vec into ``folder`` (created) and return it."""
+    """Write a random emotion2vec into ``folder`` (created) and return it.
+
+    ``size="tiny"``: 32-d, a few blocks (tests, demo). ``size="base"``: the
+    real emotion2vec_base sizes with random weights (benchmarks; ~90M params).
+    """
     import torch
     import yaml
     from funasr.register import tables
@@ -132,7 +156,10 @@ def make_tiny_emotion2vec(
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = tiny_emotion2vec_config(embed_dim, depth, heads)
+    if size not in ("tiny", "base"):
+        raise ValueError(f"size must be 'tiny' or 'base', not {size!r}")
+    cfg = emotion2vec_config(**(EMOTION2VEC_BASE_SIZES if size == "base" else {}))
+    hub_id = hub_id or f"clmer-testing/{size}-emotion2vec"
     torch.manual_seed(seed)
     model = tables.model_classes.get("Emotion2vec")(model_conf=cfg["model_conf"], vocab_size=-1)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}

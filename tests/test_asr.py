@@ -31,7 +31,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def asr(tiny_dir):
-    ex = AsrExtractor(tiny_dir, beam_size=1, max_new_tokens=12, batch_size=4)
+    ex = AsrExtractor(tiny_dir, beam_size=1, max_new_tokens=6, batch_size=4)
     ex.load()
     return ex
 
@@ -50,7 +50,7 @@ def _direct(asr, audio, language):
             language = asr._processor.tokenizer.convert_ids_to_tokens(lang_id).strip("<|>")
         out = asr._model.generate(
             feats["input_features"], language=language, task="transcribe", return_timestamps=True,
-            return_segments=True, num_beams=1, do_sample=False, max_new_tokens=12,
+            return_segments=True, num_beams=1, do_sample=False, max_new_tokens=6,
         )
     tok = asr._processor.tokenizer
     return language, [tok.decode(s["tokens"], skip_special_tokens=True).strip() for s in out["segments"][0]]

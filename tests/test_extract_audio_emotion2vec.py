@@ -139,7 +139,7 @@ def test_checkpoint_mismatch_refused(tiny_dir, tmp_path, change):
         expect = "unexpected key.*head.weight"
     else:
         state["blocks.1.mlp.fc1.bias"] = torch.zeros(7)
-        expect = r"shape of blocks.1.mlp.fc1.bias: model \(64,\) != checkpoint \(7,\)"
+        expect = r"shape of blocks.1.mlp.fc1.bias: model \(128,\) != checkpoint \(7,\)"
     torch.save(ckpt, bad / "model.pt")
     with pytest.raises(CheckpointMismatchError, match=expect):
         Emotion2vecExtractor(bad).load()
