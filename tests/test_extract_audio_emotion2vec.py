@@ -161,6 +161,25 @@ def test_ema_teacher_tensors_are_not_a_mismatch(tiny_dir, tmp_path):
     np.testing.assert_array_equal(ex.embed(audio).values, ref.embed(audio).values)
 
 
+def test_loading_leaves_the_process_alone(tiny_dir, capsys):
+    import logging
+    import random
+
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    want = (np.random.rand(), random.random(), torch.rand(1).item())
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    handlers = list(logging.getLogger().handlers)
+    threads = torch.get_num_threads()
+    Emotion2vecExtractor(tiny_dir).load()  # funasr reseeds, configures logging, prints
+    assert (np.random.rand(), random.random(), torch.rand(1).item()) == want
+    assert logging.getLogger().handlers == handlers and torch.get_num_threads() == threads
+    assert "funasr" not in capsys.readouterr().out
+
+
 def test_unknown_parameter_refused(tiny_dir):
     with pytest.raises(TypeError, match="unknown parameter"):
         Emotion2vecExtractor(tiny_dir, granularity="frame")

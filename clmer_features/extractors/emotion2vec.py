@@ -18,10 +18,13 @@ are compared with the model's own after loading.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -106,6 +109,30 @@ def compare_checkpoint(model_state: dict[str, Any], ckpt_state: dict[str, Any]) 
     return problems
 
 
+@contextlib.contextmanager
+def _contained_funasr() -> Iterator[None]:
+    """Undo what building a funasr AutoModel does to the whole process: it reseeds
+    every random generator, configures the root logger and prints to stdout."""
+    import random
+
+    import torch
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+        for h in list(root.handlers):
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
+
+
 def _unwrap_checkpoint(obj: Any) -> dict[str, Any]:
     """The state dict inside a funasr/fairseq checkpoint (same unwrapping as funasr)."""
     for key in ("state_dict", "model_state_dict", "model"):
@@ -177,15 +204,16 @@ class Emotion2vecExtractor(Extractor):
         import torch
         from funasr import AutoModel
 
-        auto = AutoModel(
-            model=str(self.model_dir.resolve()),
-            device=self.device,
-            disable_update=True,
-            disable_pbar=True,
-            disable_log=True,
-            ncpu=torch.get_num_threads(),  # funasr would otherwise set the process to 4 threads
-            log_level="WARNING",
-        )
+        with _contained_funasr():
+            auto = AutoModel(
+                model=str(self.model_dir.resolve()),
+                device=self.device,
+                disable_update=True,
+                disable_pbar=True,
+                disable_log=True,
+                ncpu=torch.get_num_threads(),  # funasr would otherwise set the process to 4 threads
+                log_level="WARNING",
+            )
         model = auto.model
         ckpt_path = auto.kwargs.get("init_param") or str(self.model_dir / "model.pt")
         ckpt = _unwrap_checkpoint(torch.load(ckpt_path, map_location="cpu", weights_only=False))
