@@ -7,6 +7,7 @@ Config (YAML), every key optional except a data source:
     # synthetic: {n: 10000}      # ... or synthetic data (clmer_fusion.synthetic.make_synthetic kwargs)
     target: label                # or label_value
     missing: drop                # or embed
+    level: utterance             # or frame (temporal head; train: {pool: attention})
     heads: [linear, mlp, attention]
     subsets: all                 # or [[bert], [bert, siglip]]
     seeds: [0, 1, 2]
@@ -69,8 +70,9 @@ def load_data(cfg: dict[str, Any]) -> tuple[FusionData, dict[str, Any]]:
     for key in ("manifest", "cache", "features"):
         if key not in cfg:
             raise ClmerError(f"bench config needs '{key}' (or a 'synthetic' section)")
+    level = cfg.get("level", "utterance")
     data = load_from_store(cfg["manifest"], cfg["cache"], list(cfg["features"]), target=cfg.get("target", "label"),
-                           pool=cfg.get("pool", "mean"), missing=cfg.get("missing", "drop"),
+                           pool=cfg.get("pool", "mean"), missing=cfg.get("missing", "drop"), level=level,
                            dataset=cfg.get("dataset"), spec_ids=cfg.get("spec_ids"))
     prov = {"source": "store", "manifest": str(cfg["manifest"]), "manifest_sha256": file_sha256(cfg["manifest"]),
             "spec_ids": data.spec_ids, "clips": data.n, "missing": data.missing_report}

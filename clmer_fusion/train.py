@@ -59,6 +59,9 @@ class Result:
         keys = [k for k in SHOW[self.task] if rows and k in rows[0]]
         return {k: float(np.nanmean([r[k] for r in rows])) for k in keys} if rows else {}
 
+    def __str__(self) -> str:
+        return self.table()
+
     def table(self) -> str:
         keys = [k for k in SHOW[self.task] if self.rows and k in self.rows[0]]
         head = f"{'fold':<18} {'set':<12} {'n':>6} " + " ".join(f"{k:>11}" for k in keys)

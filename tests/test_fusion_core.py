@@ -206,3 +206,16 @@ def test_shapley_recovers_known_shares_both_methods():
         assert groups[0] == "all" and "label=c0" in groups and "language=zh" in groups
         # per-clip values are exact Shapley: they add up to p_full - p_empty
         assert exp.clip_shapley.height == int((data.column("split") == "test").sum())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_fit_is_deterministic_and_learns(synth):
+    fold = make_folds(synth, "splits")[0]
+    tr, va = synth.take(fold.train), synth.take(fold.val)
+    cfg = TrainConfig(head="attention", hidden=32, lr=1e-2, max_epochs=40, device="cuda")
+    a, b = fit(tr, va, cfg), fit(tr, va, cfg)
+    assert next(a.head.parameters()).is_cuda
+    pa, pb = a.predict(va), b.predict(va)
+    assert np.array_equal(pa, pb)
+    assert (pa.argmax(1) == va.y).mean() > 0.7
