@@ -118,8 +118,14 @@ def test_missing_folder_refused_before_funasr(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match=str(missing)):
         Emotion2vecExtractor(missing).load()
     missing.mkdir(parents=True)
+    with pytest.raises(ModelNotFoundError, match="lacks config.yaml"):
+        Emotion2vecExtractor(missing).spec()
     (missing / "config.yaml").write_text("model: Emotion2vec\n")
     with pytest.raises(ModelNotFoundError, match="lacks model.pt"):
+        Emotion2vecExtractor(missing).load()
+    (missing / "model.pt").write_bytes(b"")
+    (missing / "config.yaml").write_text("model: Paraformer\n")
+    with pytest.raises(ModelNotFoundError, match="builds 'Paraformer', not Emotion2vec"):
         Emotion2vecExtractor(missing).load()
 
 

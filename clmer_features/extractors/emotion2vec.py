@@ -191,10 +191,20 @@ class Emotion2vecExtractor(Extractor):
                 f"emotion2vec model folder {d} does not exist (nothing is downloaded; "
                 f"put {self.default_model} there or pass --model emotion2vec=PATH)"
             )
-        if not (d / "config.yaml").is_file() and not (d / "configuration.json").is_file():
+        if not (d / "config.yaml").is_file():
             raise ModelNotFoundError(f"emotion2vec model folder {d} lacks config.yaml")
         if not (d / "model.pt").is_file():
             raise ModelNotFoundError(f"emotion2vec model folder {d} lacks model.pt")
+        import yaml
+
+        try:
+            model_class = (yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {}).get("model")
+        except (yaml.YAMLError, AttributeError) as exc:
+            raise ModelNotFoundError(f"emotion2vec model folder {d}: config.yaml is not a funasr config ({exc})") from None
+        if model_class != "Emotion2vec":
+            raise ModelNotFoundError(
+                f"emotion2vec model folder {d}: config.yaml builds {model_class!r}, not Emotion2vec"
+            )
 
     def load(self) -> None:
         if self._model is not None:
