@@ -127,6 +127,26 @@ def _pad(seqs: list[np.ndarray], dim: int, max_frames: int) -> tuple[np.ndarray,
     return out, mask
 
 
+def _pooled(feat: Any, ids: list[str], rows: list[int], pool: str) -> tuple[np.ndarray, list[int]]:
+    """Utterance vectors of clips that have rows (clips with zero rows count as absent)."""
+    if not ids:
+        return np.zeros((0, 1), np.float32), []
+    values, offsets = feat.sequences(ids)
+    lengths = np.diff(offsets)
+    ok = lengths > 0
+    rows = [r for r, k in zip(rows, ok) if k]
+    if pool == "model":
+        return np.asarray(feat.pooled([i for i, k in zip(ids, ok) if k], how="model"), np.float32), rows
+    if pool not in ("mean", "max"):
+        raise ClmerError(f"pool must be mean, max, model or attention, not {pool!r}")
+    starts = offsets[:-1][ok]
+    if pool == "mean":
+        out = np.add.reduceat(values, starts, axis=0, dtype=np.float64) / lengths[ok][:, None]
+    else:
+        out = np.maximum.reduceat(values, starts, axis=0) if len(starts) else np.zeros((0, values.shape[1]))
+    return np.asarray(out, np.float32), rows
+
+
 def load_from_store(
     manifest_path: str | Path, cache_dir: str | Path, features: Sequence[str], *,
     target: str = "label", pool: str = "mean", level: str = "utterance", missing: str = "drop",
@@ -160,10 +180,11 @@ def load_from_store(
         used_specs[name] = feat.spec.spec_id
         have = set(feat.clip_ids)
         rows = [i for i, c in enumerate(clip_ids) if c in have]
-        present[rows, j] = True
         ids = [clip_ids[i] for i in rows]
         if level == "frame":
             seqs = [np.asarray(s, np.float32) for s in feat.get_many(ids)] if ids else []
+            keep = [k for k, s_ in enumerate(seqs) if len(s_)]          # a clip with no rows is absent
+            rows, seqs = [rows[k] for k in keep], [seqs[k] for k in keep]
             dim = seqs[0].shape[-1] if seqs else 1
             vals, mk = _pad(seqs, dim, max_frames)
             full = np.zeros((len(clip_ids), vals.shape[1], dim), np.float32)
@@ -171,10 +192,11 @@ def load_from_store(
             full[rows], fmask[rows] = vals, mk
             x[name], masks[name] = full, fmask
         else:
-            vals = np.asarray(feat.pooled(ids, how=pool), np.float32) if ids else np.zeros((0, 1), np.float32)
+            vals, rows = _pooled(feat, ids, rows, pool)
             full = np.zeros((len(clip_ids), vals.shape[1]), np.float32)
             full[rows] = vals
             x[name] = full
+        present[rows, j] = True
     if target == "label":
         y, classes = encode_labels(df["label"].to_list())
         task = "classification"
