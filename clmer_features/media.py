@@ -91,8 +91,56 @@ def _float(x: Any) -> float | None:
     return v if math.isfinite(v) and v > 0 else None
 
 
-def probe(path: str) -> Probe:
-    """Streams, durations and rotation of a media file (ffprobe); DecodeError if unreadable."""
+def probe(path: str, rotation: bool = True) -> Probe:
+    """Streams, durations and rotation of a media file; DecodeError if unreadable.
+
+    PyAV (a faster-whisper dependency) probes in-process in a few ms; without it,
+    ffprobe (a subprocess, 50-250 ms). ``rotation=False`` skips decoding the
+    first frame that PyAV needs to read the display rotation.
+    """
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return _ffprobe(path)
+    return _av_probe(path, rotation)
+
+
+def _av_probe(path: str, want_rotation: bool) -> Probe:
+    import av
+
+    try:
+        with av.open(path) as c:
+            video = [s for s in c.streams.video
+                     if not (getattr(s, "disposition", 0) & getattr(av.stream.Disposition, "attached_pic", 0))]
+            audio = list(c.streams.audio)
+
+            def dur(s: Any) -> float | None:
+                return _float(s.duration * s.time_base) if s.duration is not None and s.time_base else None
+
+            rotation = 0
+            if video and want_rotation:
+                try:
+                    frame = next(c.decode(video=video[0].index))
+                    rotation = int(round(float(getattr(frame, "rotation", 0) or 0)))
+                except (StopIteration, av.error.FFmpegError):
+                    pass
+            v = video[0] if video else None
+            return Probe(
+                has_video=bool(video),
+                has_audio=bool(audio),
+                duration=_float(c.duration / 1e6) if c.duration else None,
+                video_duration=dur(v) if v is not None else None,
+                audio_duration=dur(audio[0]) if audio else None,
+                rotation=rotation % 360,
+                width=int(v.codec_context.width or 0) if v is not None else 0,
+                height=int(v.codec_context.height or 0) if v is not None else 0,
+            )
+    except av.error.FFmpegError as exc:
+        msg = getattr(exc, "strerror", None) or str(exc)
+        raise DecodeError(f"cannot read media: {path}: {msg}") from None
+
+
+def _ffprobe(path: str) -> Probe:
     try:
         out = subprocess.run(
             ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", path],
@@ -100,7 +148,7 @@ def probe(path: str) -> Probe:
             timeout=60,
             check=False,
         )
-    except FileNotFoundError:  # no ffprobe: fall back to what decord can tell
+    except FileNotFoundError:  # no ffprobe either: trust decord to say what is there
         return Probe(True, True, None, None, None, 0)
     if out.returncode != 0:
         msg = out.stderr.decode(errors="replace").strip().splitlines()
@@ -261,7 +309,7 @@ def decode_clip(job: DecodeJob) -> DecodeResult:
     if os.path.getsize(job.path) == 0:
         return fail_all("error", f"empty file (0 bytes): {job.path}")
     try:
-        pr = probe(job.path)
+        pr = probe(job.path, rotation=bool(job.frame_requests))
     except DecodeError as exc:
         return fail_all("error", str(exc))
     durations = []
@@ -282,7 +330,7 @@ def decode_clip(job: DecodeJob) -> DecodeResult:
                 res.problems["audio"] = ("error", f"missing or empty audio file: {job.audio_path}")
             else:
                 try:
-                    apr = probe(job.audio_path)
+                    apr = probe(job.audio_path, rotation=False)
                 except DecodeError as exc:
                     apr = None
                     res.problems["audio"] = ("error", str(exc))

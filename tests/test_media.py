@@ -134,3 +134,17 @@ def test_in_process_decoding_matches_the_pool(media):
     for req in (EVERY2, SEG8):
         assert np.array_equal(r0.frames[req][0], r1.frames[req][0])
     assert np.array_equal(r0.audio, r1.audio)
+
+
+def test_pyav_and_ffprobe_probes_agree(media, tmp_path):
+    from clmer_features.media import _av_probe, _ffprobe
+
+    rot = T.make_video(tmp_path / "rot.mp4", 2.0, rotate=90)
+    for name, path in [*media.items(), ("rot", rot)]:
+        if name in ("empty", "truncated"):
+            continue
+        a, f = _av_probe(str(path), True), _ffprobe(str(path))
+        assert (a.has_video, a.has_audio, a.rotation, a.width, a.height) == (
+            f.has_video, f.has_audio, f.rotation, f.width, f.height), name
+        assert abs((a.duration or 0) - (f.duration or 0)) < 0.05, name
+    assert _av_probe(str(rot), True).rotation == 90
