@@ -81,3 +81,28 @@ def test_emotion2vec_and_asr_through_the_engine(audio_models, media, tmp_path):
     s2 = extract(manifest, ["emotion2vec", "asr"], cache, models_dir=audio_models, device="cpu",
                  progress=False, params={"asr": {"beam_size": 1, "max_new_tokens": 4}})
     assert all(st.done == 0 for st in s2.features.values())
+
+
+def test_audio_models_load_and_run_without_network(audio_models, monkeypatch):
+    import socket
+
+    from clmer_features.extractors.asr import AsrExtractor
+    from clmer_features.testing_audio import audio_clip, faster_whisper_tiny_en, speak
+
+    def refuse(*a, **k):
+        raise AssertionError(f"network access attempted: {a}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    clip = audio_clip("x", speak("Please close the door when you leave the room."), language="en")
+    extractors = [
+        Emotion2vecExtractor(audio_models / E2V_ID),
+        AsrExtractor(audio_models / "openai" / "whisper-large-v3-turbo", beam_size=1, max_new_tokens=4),
+    ]
+    if faster_whisper_tiny_en() is not None:
+        extractors.append(AsrExtractor(faster_whisper_tiny_en(), beam_size=1))
+    for ex in extractors:
+        out = ex.extract([clip])[0]
+        assert not isinstance(out, Exception), (ex.name, out)
+    assert "door" in out.record["text"].lower() or faster_whisper_tiny_en() is None
