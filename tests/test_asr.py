@@ -132,6 +132,10 @@ def test_long_audio_is_transcribed_past_30_seconds(asr, voices):
     for o, audio in zip(out, [long, voices[0]]):
         segs = json.loads(o.record["segments"])
         assert all(s["end"] <= len(audio) / SR for s in segs)
+    assert max(s["end"] for s in json.loads(out[0].record["segments"])) > 30.0  # decoded past the first window
+    # the short clip's transcript does not depend on sharing a batch with a long one
+    alone = asr.extract([audio_clip("short", voices[0], language="en")])[0]
+    assert alone.record == out[1].record
 
 
 def test_english_only_model_refuses_other_languages():

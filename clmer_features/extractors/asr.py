@@ -306,11 +306,14 @@ class AsrExtractor(Extractor):
                     todo[k] = None
                 else:
                     todo[k] = (i, clip, audio, lang, source)
-        groups: dict[str | None, list] = {}
+        # one language per batch; clips over 30 s apart (long-form decoding), so a
+        # clip's transcript never depends on which clips share its batch
+        groups: dict[tuple[str | None, bool], list] = {}
         for item in todo:
             if item is not None:
-                groups.setdefault(item[3] if multilingual else None, []).append(item)
-        for lang, items in groups.items():
+                key = (item[3] if multilingual else None, item[2].shape[0] > WINDOW_SAMPLES)
+                groups.setdefault(key, []).append(item)
+        for (lang, _long), items in groups.items():
             for start in range(0, len(items), self.batch_size):
                 batch = items[start:start + self.batch_size]
                 try:
