@@ -177,10 +177,10 @@ def gpu_full(n_clips: int, batch: int, new_tokens: int, device: str = "cuda", la
             "new_tokens": new_tokens, "cache_s_per_clip": c, "on_the_fly_s_per_clip": o, "speedup": o / c}
 
 
-NOTE = """With tiny models the LLM's prefill over ~900 prompt positions (392 video + 500 audio + text)
+NOTE = """With tiny models the LLM's prefill over ~790 prompt positions (500 audio + 32 video + ~250 text)
 dominates both paths, so the cached path saves less here than at full size. At full size the
 towers cost, per clip, roughly 1.9 TFLOP (whisper-large-v3 encoder, 1500 frames) + 0.27 TFLOP
-(SigLIP-base, 8 x 196 tokens) against roughly 0.9 TFLOP of Qwen2-0.5B prefill; generation
+(SigLIP-base, 8 x 196 tokens) against roughly 1.1 TFLOP of Qwen2-0.5B prefill (~1150 positions); generation
 (R1-Omni writes a think block of a hundred or more tokens) is memory-bound and the same in both
 paths. Those are estimates from layer shapes, not measurements: the GPU row measures them where
 a GPU is available.
