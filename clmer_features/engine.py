@@ -376,7 +376,7 @@ def extract(
         raise ClmerError("no features asked for (e.g. --features siglip,bert)")
     if batch_size < 1 or partition_size < 1:
         raise ClmerError("--batch-size and the partition size must be >= 1")
-    dev = resolve_device(device)
+    dev = resolve_device(device) if runner is None else device  # a runner's workers own the device
     extractors = build_extractors(names, models_dir, model_overrides, dev, params)
     store = open_store(cache_dir, m.dataset, create=True)
     store.write_clips(m)
