@@ -70,11 +70,15 @@ def parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
               help="An extractor parameter (repeatable), e.g. siglip.frame_interval=1.0; "
                    "parameters that change the numbers go into the feature spec.")
 @click.option("--retry-failed", is_flag=True, help="Try clips again that failed in earlier runs.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Run partitions on a local Dask cluster of N worker processes (one model copy each).")
+@click.option("--scheduler", metavar="ADDRESS", default=None,
+              help="Run partitions on a running Dask cluster, e.g. tcp://head:8786 (same store path on every worker).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def extract_cmd(manifest: str, features: str, cache_dir: str, models_dir: str | None, model: tuple[str, ...],
                 device: str, dataset: str | None, batch_size: int, partition_size: int,
                 decode_workers: int | None, param: tuple[str, ...], retry_failed: bool,
-                no_progress: bool) -> None:
+                workers: int | None, scheduler: str | None, no_progress: bool) -> None:
     """Extract FEATURES for every clip of MANIFEST that the cache lacks.
 
     \b
@@ -86,15 +90,24 @@ def extract_cmd(manifest: str, features: str, cache_dir: str, models_dir: str | 
     Example:
       clmer-features extract clips.csv -f siglip,emotion2vec,asr,bert \\
           --cache cache --models-dir /models
+    \b
+    On Dask (one task per partition; --workers N starts a local cluster):
+      clmer-features extract clips.csv -f siglip,bert --workers 2
+      clmer-features extract clips.csv -f siglip --device cuda --scheduler tcp://head:8786
     """
     from clmer_features.engine import extract
     from clmer_features.models import parse_overrides
 
+    kwargs: dict[str, Any] = {}
+    if workers is not None or scheduler is not None:  # Dask: same plan, parts and numbers
+        from clmer_features.distributed import extract_distributed as extract  # type: ignore[assignment]
+
+        kwargs = {"workers": workers, "scheduler": scheduler, "log": lambda m: click.echo(m, err=True)}
     summary = extract(
         manifest, _feature_list(features), cache_dir, models_dir=models_dir,
         model_overrides=parse_overrides(model), device=device, batch_size=batch_size,
         retry_failed=retry_failed, dataset=dataset, partition_size=partition_size,
-        decode_workers=decode_workers, params=parse_params(param), progress=not no_progress,
+        decode_workers=decode_workers, params=parse_params(param), progress=not no_progress, **kwargs,
     )
     click.echo(summary.format())
 

@@ -1,0 +1,493 @@
+"""Extraction on Dask: the same plan, parts and finalize as the local engine, partitions run on workers.
+
+``extract_distributed(manifest, features, cache, workers=N)`` starts a local
+cluster of N worker processes on this machine; ``scheduler="tcp://host:8786"``
+uses a running cluster instead. The engine plans exactly as in-process
+(:func:`clmer_features.engine.extract` with a :class:`DaskRunner`), so spec ids,
+part names and numbers are the same; only *where* each partition runs changes.
+
+- One Dask task per partition of clips (a whole part), never one per clip.
+- Each worker keeps its extractors in this module's cache (an importable
+  module, so the cache survives between tasks): a model loads once per worker.
+  The client ships each extractor's *unloaded* state (params, text source,
+  transcripts) once per run; a worker reloads only when that state changes.
+- ``device="cuda"`` asks for ``resources={"GPU": 1}`` per task; workers must
+  offer it (``dask worker ... --resources GPU=1``).
+- A task that raises is retried (``retries``); a worker that dies has its task
+  rescheduled by the scheduler. Parts are written to a temporary folder and
+  renamed into place, a duplicated task's part is discarded, and finalize runs
+  once on the client, so the store stays consistent whatever happens. A
+  partition that still fails leaves its clips missing: the run finalizes what
+  was done, says so, and a rerun computes only what is missing.
+
+Workers return small results (counts and timings); data goes to parts.
+The store's folder must be the same path on the client and every worker.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import logging
+import multiprocessing
+import os
+import pickle
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from clmer_features.engine import (
+    DEFAULT_BATCH_SIZE,
+    FeatureStats,
+    PartitionTask,
+    RunSummary,
+    extract,
+    resolve_device,
+    run_partition,
+)
+from clmer_features.errors import ClmerError
+from clmer_features.extractors.base import Extractor
+
+FAULTS_ENV = "CLMER_TEST_FAULTS"  # test-only: a folder of fault files, see _inject_faults
+
+# --------------------------------------------------------------------------- worker side
+# Everything here lives in the worker process between tasks.
+_EXTRACTORS: dict[tuple[str, ...], tuple[str, Extractor]] = {}  # cache key -> (state digest, loaded extractor)
+_LOADS: dict[str, int] = {}  # feature -> models loaded in this process
+_TASKS: list[int] = [0]  # partitions run in this process
+_POOL: list[Any] = []  # this worker's DecoderPool (created on first media task)
+
+
+@dataclass(frozen=True)
+class ExtractorState:
+    """An extractor as the client configured it, without its model, and the digest of that state."""
+
+    key: tuple[str, ...]
+    digest: str
+    extractor: Extractor
+
+
+@dataclass
+class PartitionResult:
+    """What a worker sends back for one partition: counts and timings only."""
+
+    index: int
+    clips: int
+    stats: dict[str, FeatureStats]
+    decoded: int = 0
+    decode_s: float = 0.0
+    decode_wait_s: float = 0.0
+    decoder_restarts: int = 0
+    loads: int = 0
+    wall_s: float = 0.0
+    worker: str = ""
+    pid: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def worker_counters() -> dict[str, Any]:
+    """This process's model loads per feature and partitions run (read with ``client.run``)."""
+    return {"loads": dict(_LOADS), "tasks": _TASKS[0], "pid": os.getpid()}
+
+
+def clear_worker_cache() -> None:
+    """Forget loaded extractors and zero the counters (benchmarks and tests, via ``client.run``)."""
+    for _, ext in _EXTRACTORS.values():
+        with contextlib.suppress(Exception):
+            ext.unload()
+    _EXTRACTORS.clear()
+    _LOADS.clear()
+    _TASKS[0] = 0
+
+
+def _worker_extractor(state: ExtractorState) -> tuple[Extractor, float]:
+    """The loaded extractor for ``state`` (loaded now if this worker lacks it) and the load time."""
+    cached = _EXTRACTORS.get(state.key)
+    if cached is not None and cached[0] == state.digest:
+        return cached[1], 0.0
+    if cached is not None:  # same model, new run state (e.g. new transcripts): replace
+        with contextlib.suppress(Exception):
+            cached[1].unload()
+        del _EXTRACTORS[state.key]
+    ext = copy.copy(state.extractor)  # do not load into the object Dask holds (it may be spilled)
+    t0 = time.perf_counter()
+    ext.load()
+    load_s = max(time.perf_counter() - t0, 1e-9)
+    _EXTRACTORS[state.key] = (state.digest, ext)
+    _LOADS[ext.name] = _LOADS.get(ext.name, 0) + 1
+    return ext, load_s
+
+
+_PARENT: list[int] = []
+
+
+def _watch_parent() -> None:
+    """In a decoder process: exit when the worker that started it is gone (a killed worker
+    must not leave its decoders behind; they would wait on their queue forever)."""
+    import threading
+
+    if _PARENT:
+        return
+    _PARENT.append(os.getppid())
+
+    def watch() -> None:
+        while os.getppid() == _PARENT[0]:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="clmer-parent-watch", daemon=True).start()
+
+
+def decode_in_worker(job: Any) -> Any:
+    """The decoder function of a worker's DecoderPool: media.decode_clip plus the parent watch."""
+    from clmer_features.media import decode_clip
+
+    _watch_parent()
+    return decode_clip(job)
+
+
+def _decoder_pool(decode_workers: int | None, warnings: list[str]) -> Any:
+    from clmer_features.media import DecoderPool
+
+    if not _POOL:
+        workers = decode_workers
+        if multiprocessing.current_process().daemon and workers != 0:
+            # A daemonic process may not have children: decode in the worker itself.
+            warnings.append("worker processes are daemonic, so clips are decoded inside the worker (no crash "
+                            "isolation); start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False")
+            workers = 0
+        _POOL.append(DecoderPool(workers=workers, fn=decode_in_worker))
+    return _POOL[0]
+
+
+def _inject_faults(index: int, when: str) -> None:
+    """Test-only: ``$CLMER_TEST_FAULTS/kill-<when>-<index>`` kills this worker once (the file is
+    removed first, so only the first attempt dies); ``delay`` holds seconds to sleep per task."""
+    folder = os.environ.get(FAULTS_ENV)
+    if not folder:
+        return
+    if when == "before":
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            time.sleep(float(Path(folder, "delay").read_text()))
+    try:
+        os.unlink(Path(folder, f"kill-{when}-{index}"))
+    except FileNotFoundError:
+        return
+    os._exit(70)
+
+
+def run_partition_task(
+    index: int,
+    rows: list[dict[str, Any]],
+    tasks: list[PartitionTask],
+    states: dict[str, ExtractorState],
+    batch_size: int,
+    decode_workers: int | None,
+    torch_threads: int | None = None,
+) -> PartitionResult:
+    """One Dask task: run one partition with this worker's cached extractors and commit its parts."""
+    from clmer_features.models import ensure_offline
+
+    t0 = time.perf_counter()
+    ensure_offline()
+    if torch_threads:
+        import torch
+
+        if torch.get_num_threads() != torch_threads:
+            torch.set_num_threads(torch_threads)
+    _inject_faults(index, "before")
+    warnings: list[str] = []
+    stats = {t.feature: FeatureStats() for t in tasks}
+    load_s: dict[str, float] = {}
+    loads_before = sum(_LOADS.values())
+    ready = []
+    for t in tasks:
+        ext, load_s[t.feature] = _worker_extractor(states[t.feature])
+        stats[t.feature].load_s = max(load_s[t.feature], 1e-9)  # run_task loads no more
+        ready.append(replace(t, extractor=ext))
+    media = any(t.extractor.input in ("video", "audio") for t in ready)
+    pool = _decoder_pool(decode_workers, warnings) if media else None
+    restarts = pool.restarts if pool is not None else 0
+    local = RunSummary(dataset="", clips=len(rows))
+    run_partition(rows, ready, stats, pool=pool, batch_size=batch_size, summary=local)
+    for name, s in stats.items():
+        s.load_s = load_s[name]
+    _inject_faults(index, "after")
+    _TASKS[0] += 1
+    try:
+        from distributed import get_worker
+
+        worker = get_worker().address
+    except (ImportError, ValueError):
+        worker = ""
+    return PartitionResult(
+        index=index, clips=len(rows), stats=stats, decoded=local.decoded, decode_s=local.decode_s,
+        decode_wait_s=local.decode_wait_s, decoder_restarts=(pool.restarts - restarts) if pool else 0,
+        loads=sum(_LOADS.values()) - loads_before, wall_s=time.perf_counter() - t0, worker=worker,
+        pid=os.getpid(), warnings=warnings,
+    )
+
+
+def _hold(state: ExtractorState) -> ExtractorState:
+    return state
+
+
+# --------------------------------------------------------------------------- client side
+def extractor_state(ext: Extractor) -> ExtractorState:
+    """``ext``'s configuration without its model (a loaded client-side instance is not touched)."""
+    from clmer_features.engine import MODEL_CACHE
+
+    light = copy.copy(ext)
+    with contextlib.suppress(Exception):
+        light.unload()  # on the copy: drops model references, the original keeps them
+    blob = pickle.dumps(light, protocol=pickle.HIGHEST_PROTOCOL)
+    key = next((k for k, v in MODEL_CACHE.items() if v is ext), None)
+    if key is None:
+        key = (ext.name, str(ext.model_dir), ext.device, repr(sorted(ext.params.items())))
+    return ExtractorState(tuple(key), hashlib.sha256(blob).hexdigest()[:16], light)
+
+
+@dataclass
+class PartitionFailure:
+    label: str
+    index: int
+    parts: list[str]
+    error: str
+
+
+class DaskRunner:
+    """Runs the engine's partitions as Dask tasks (pass it as ``extract(..., runner=...)``)."""
+
+    def __init__(self, client: Any, *, batch_size: int = DEFAULT_BATCH_SIZE, decode_workers: int | None = None,
+                 gpu: bool = False, retries: int = 2, torch_threads: int | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        """``torch_threads``: intra-op threads per worker (default: the worker's own; a local
+        cluster's workers use 1). CPU results are bit-identical to an in-process run with the
+        same thread count; other counts may differ in the last bit of a few values."""
+        self.client = client
+        self.torch_threads = torch_threads
+        self.batch_size = batch_size
+        self.decode_workers = decode_workers
+        self.gpu = gpu
+        self.retries = retries
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.token = uuid.uuid4().hex[:8]
+        self.partitions_run = 0  # partitions submitted over the whole run
+        self.results: list[PartitionResult] = []
+        self.failures: list[PartitionFailure] = []
+        self._warned: set[str] = set()
+
+    def __call__(self, label: str, partitions: list[tuple[list[dict[str, Any]], list[PartitionTask]]],
+                 summary: RunSummary, bar: Any) -> None:
+        from distributed import as_completed
+
+        partitions = [(rows, tasks) for rows, tasks in partitions if any(t.keys for t in tasks)]
+        if not partitions:
+            return
+        if self.failures:
+            raise self.error(summary, before=label)
+        states = {}
+        for _, tasks in partitions:
+            for t in tasks:
+                if t.feature not in states:
+                    st = extractor_state(t.extractor)
+                    # A task holding the state: a worker that loses it gets it recomputed from the scheduler.
+                    states[t.feature] = self.client.submit(_hold, st, key=f"clmer-state-{t.feature}-{st.digest}",
+                                                           pure=False)
+        resources = {"GPU": 1} if self.gpu else None
+        futures = {}
+        for i, (rows, tasks) in enumerate(partitions):
+            light = [replace(t, extractor=None) for t in tasks if t.keys]
+            fut = self.client.submit(
+                run_partition_task, i, rows, light, {t.feature: states[t.feature] for t in light},
+                self.batch_size, self.decode_workers, self.torch_threads, key=f"clmer-{self.token}-{label.split()[0]}-{i}",
+                pure=False, retries=self.retries, resources=resources,
+            )
+            futures[fut] = (i, rows, light)
+        self.partitions_run += len(futures)
+        done = 0
+        for fut in as_completed(list(futures)):
+            i, rows, light = futures[fut]
+            try:
+                res: PartitionResult = fut.result()
+            except Exception as exc:  # noqa: BLE001 - the run goes on; the clips stay missing
+                self.failures.append(PartitionFailure(label, i, [t.part_name for t in light],
+                                                      f"{type(exc).__name__}: {exc}"))
+                self.log(f"partition {i} ({len(rows)} clips) failed after {self.retries} retries: "
+                         f"{type(exc).__name__}: {exc}")
+            else:
+                self._merge(res, summary)
+            done += 1
+            bar.update(len(rows))
+            bar.set_postfix_str(f"{done}/{len(futures)} partitions", refresh=False)
+            fut.release()
+        for fut in states.values():
+            fut.release()
+
+    def _merge(self, res: PartitionResult, summary: RunSummary) -> None:
+        self.results.append(res)
+        for name, s in res.stats.items():
+            tot = summary.features[name]
+            for f in ("done", "failed", "absent", "load_s", "model_s", "write_s"):
+                setattr(tot, f, getattr(tot, f) + getattr(s, f))
+        summary.decoded += res.decoded
+        summary.decode_s += res.decode_s
+        summary.decode_wait_s += res.decode_wait_s
+        summary.decoder_restarts += res.decoder_restarts
+        for w in res.warnings:
+            if w not in self._warned:
+                self._warned.add(w)
+                self.log(f"warning: {w}")
+
+    def error(self, summary: RunSummary, before: str | None = None) -> ClmerError:
+        f = self.failures
+        what = f"; {before} was not run" if before else ""
+        return ClmerError(
+            f"{summary.format()}\n{len(f)} partition(s) failed after {self.retries} retries{what}; their clips "
+            f"are not in the store, everything else is (rerun to retry them). First: partition {f[0].index} "
+            f"({f[0].label}): {f[0].error}"
+        )
+
+
+@contextlib.contextmanager
+def dask_client(workers: int | None = None, scheduler: str | None = None, *, gpu: bool = False,
+                log: Callable[[str], None] | None = None) -> Iterator[Any]:
+    """A Client on ``scheduler``, or on a new local cluster of ``workers`` processes (closed on exit)."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if (workers is None) == (scheduler is None):
+        raise ClmerError("give either --workers N (a local Dask cluster) or --scheduler ADDRESS, not both")
+    if scheduler is not None:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except OSError as exc:
+            raise ClmerError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+        with client:
+            yield client
+        return
+    if workers is None or workers < 1:
+        raise ClmerError(f"--workers must be >= 1, not {workers}")
+    gpus = _visible_gpus() if gpu else []
+    # Non-daemonic workers may start decoder processes (crash isolation, see media.DecoderPool).
+    with dask.config.set({"distributed.worker.daemon": False}):
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               resources={"GPU": 1} if gpu else None, dashboard_address=":0",
+                               silence_logs=logging.ERROR)
+    try:
+        with Client(cluster) as client:
+            if gpus:
+                client.register_plugin(_OneGpuPerWorker(gpus), name="clmer-one-gpu-per-worker")
+            yield client
+    finally:
+        cluster.close()
+
+
+def _visible_gpus() -> list[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        return []
+
+
+class _OneGpuPerWorker:
+    """Worker plugin for a local cluster: worker i sees only GPU i (mod the GPU count)."""
+
+    idempotent = False
+
+    def __init__(self, gpus: list[str]) -> None:
+        self.gpus = gpus
+
+    def setup(self, worker: Any) -> None:
+        try:
+            i = int(worker.name)
+        except (TypeError, ValueError):
+            i = abs(hash(worker.name))
+        os.environ["CUDA_VISIBLE_DEVICES"] = self.gpus[i % len(self.gpus)]
+
+    def teardown(self, worker: Any) -> None:
+        pass
+
+    def transition(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _check_workers(client: Any, gpu: bool, scheduler: str | None) -> dict[str, Any]:
+    try:
+        client.wait_for_workers(1, timeout=120)
+    except Exception:  # noqa: BLE001 - a TimeoutError of some flavour
+        raise ClmerError(f"no Dask worker joined the scheduler {scheduler or ''} within 120 s") from None
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    if gpu and not any(w.get("resources", {}).get("GPU") for w in workers.values()):
+        raise ClmerError("--device cuda: no Dask worker offers the GPU resource; start one worker per GPU "
+                         "with `dask worker ADDRESS --nworkers 1 --nthreads 1 --resources GPU=1`")
+    return workers
+
+
+def _workers_device(client: Any) -> str:
+    """'cuda' when every worker sees a GPU, else 'cpu' (for --device auto)."""
+    def has_cuda() -> bool:
+        try:
+            import torch
+
+            return bool(torch.cuda.is_available())
+        except ImportError:
+            return False
+
+    seen = client.run(has_cuda)
+    return "cuda" if seen and all(seen.values()) else "cpu"
+
+
+def extract_distributed(
+    manifest: Any,
+    features: list[str],
+    cache_dir: str | Path,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    client: Any = None,
+    device: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    decode_workers: int | None = None,
+    retries: int = 2,
+    torch_threads: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    **engine_kwargs: Any,
+) -> RunSummary:
+    """``engine.extract`` with partitions on Dask: ``workers`` (local cluster), ``scheduler`` or ``client``.
+
+    Raises :class:`ClmerError` (after finalizing what was done) when a
+    partition still fails after ``retries``; a rerun computes only what is missing.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        resolve_device(device)  # raises the engine's message
+    with contextlib.ExitStack() as stack:
+        if client is None:
+            gpu_wanted = device.startswith("cuda") or (device == "auto" and scheduler is None
+                                                       and resolve_device("auto") == "cuda")
+            client = stack.enter_context(dask_client(workers, scheduler, gpu=gpu_wanted, log=log))
+        if device == "auto":
+            device = _workers_device(client)
+        gpu = device.startswith("cuda")
+        nworkers = len(_check_workers(client, gpu, scheduler))
+        log(f"Dask: {nworkers} worker(s) on {client.scheduler.address}, device {device}; "
+            f"dashboard: {client.dashboard_link}")
+        runner = DaskRunner(client, batch_size=batch_size, decode_workers=decode_workers, gpu=gpu,
+                            retries=retries, torch_threads=torch_threads, log=log)
+        summary = extract(manifest, features, cache_dir, device=device, batch_size=batch_size,
+                          decode_workers=decode_workers, progress=progress, runner=runner, **engine_kwargs)
+    if runner.failures:
+        raise runner.error(summary)
+    return summary
+
