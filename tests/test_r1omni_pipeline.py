@@ -132,3 +132,16 @@ def test_openset_column_is_the_open_vocabulary_gold(cached, tmp_path):
                      batch_size=3, max_new_tokens=2, progress=False)
     ov = res.scores["open_vocabulary"]
     assert ov["gold_column"] == "openset" and ov["n"] == 3 and ov["recall"] == 0.0
+
+
+def test_spec_choice_and_wrong_spec_is_clear(cached, tmp_path):
+    from clmer_features.errors import SpecMismatchError
+
+    store = open_store(cached.cache, "r1demo")
+    vid = store.feature("r1omni_vision").spec.spec_id
+    res = run_r1omni(cached.manifest, cached.cache, cached.tiny.model_dir, out_dir=tmp_path / "a",
+                     spec_ids={"r1omni_vision": vid}, max_new_tokens=1, progress=False)
+    assert res.decoded == 3
+    with pytest.raises(SpecMismatchError, match="000000000000"):
+        run_r1omni(cached.manifest, cached.cache, cached.tiny.model_dir, out_dir=tmp_path / "b",
+                   spec_ids={"r1omni_audio": "000000000000"}, max_new_tokens=1, progress=False)

@@ -81,13 +81,13 @@ def _atomic_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _open_feature(store: Any, name: str) -> Any | None:
-    try:
-        return store.feature(name)
-    except StoreError as exc:
-        if "no feature" in str(exc):
-            return None
-        raise
+def _open_feature(store: Any, name: str, spec_id: str | None = None) -> Any | None:
+    """The feature's reader, None when the store has no such feature (other problems raise)."""
+    if not store.specs(name):
+        if spec_id:
+            raise StoreError(f"{store.root}: no feature {name!r} in the store, so no spec {spec_id}")
+        return None
+    return store.feature(name, spec_id=spec_id)
 
 
 def _resolve_device(device: str) -> str:
@@ -115,6 +115,7 @@ def run_r1omni(
     instruction: str = DEFAULT_INSTRUCTION,
     out_dir: str | Path | None = None,
     dataset: str | None = None,
+    spec_ids: dict[str, str] | None = None,
     bert_dir: str | Path | None = None,
     batch_size: int = 8,
     max_new_tokens: int = 512,
@@ -123,7 +124,11 @@ def run_r1omni(
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
 ) -> RunSummary:
-    """Decode every clip of ``manifest`` from the cache; see the module doc."""
+    """Decode every clip of ``manifest`` from the cache; see the module doc.
+
+    ``spec_ids`` picks a spec per feature (``{"r1omni_vision": "a267ba3ec6d0"}``) where the store
+    holds several; without it a feature must hold exactly one finalized spec.
+    """
     from tqdm.auto import tqdm
 
     from clmer_features.manifest import read_manifest
@@ -135,7 +140,8 @@ def run_r1omni(
         raise ClmerError("--batch-size and --max-new-tokens must be >= 1")
     m = read_manifest(manifest, dataset, check_media=False, fingerprint=False)
     store = open_store(cache_dir, m.dataset)
-    feats = {n: _open_feature(store, n) for n in (VISION, AUDIO)}
+    spec_ids = spec_ids or {}
+    feats = {n: _open_feature(store, n, spec_ids.get(n)) for n in (VISION, AUDIO)}
     if all(f is None for f in feats.values()):
         raise StoreError(f"{store.root}: neither {VISION} nor {AUDIO} is cached; run "
                          f"`clmer-features extract {manifest} --features {VISION},{AUDIO}` first")
@@ -152,6 +158,8 @@ def run_r1omni(
     decoder = R1OmniDecoder(loaded, instruction, max_new_tokens)
 
     spec_ids = {n: f.spec.spec_id for n, f in feats.items() if f is not None}
+    if echo:
+        echo("r1omni: features " + "; ".join(f.spec.describe() for f in feats.values() if f is not None))
     run_key = hashlib.sha256(json.dumps(
         [loaded.report.fingerprint, instruction, max_new_tokens, spec_ids], sort_keys=True).encode()).hexdigest()[:16]
     out = Path(out_dir) if out_dir else Path("r1omni-results") / f"{m.dataset}-{run_key[:8]}"
