@@ -118,13 +118,6 @@ class R1OmniDecoder:
             self._ids[modalities] = prompt_ids(self.tokenizer, prompt)
         return self._ids[modalities]
 
-    def prompt_length(self, modalities: tuple[str, ...], frames: int, per_frame: int, audio_rows: int) -> int:
-        """Tokens the LLM sees for one clip (text + projected features)."""
-        from clmer_fusion.r1omni.projectors import AllInOneSmall
-
-        n = {VIDEO_SLOT: AllInOneSmall.tokens_out(frames, per_frame), AUDIO_SLOT: audio_rows}
-        return sum(n.get(t, 1) for t in self.ids(modalities))
-
     @torch.no_grad()
     def decode(self, vision: np.ndarray | torch.Tensor | None, audio: np.ndarray | torch.Tensor | None) -> list[Generation]:
         """Decode a batch: ``vision [B, T, N, C]`` and/or ``audio [B, R, C]`` tower outputs."""
