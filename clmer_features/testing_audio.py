@@ -150,9 +150,13 @@ def make_tiny_emotion2vec(
     """
     import torch
     import yaml
-    from funasr.register import tables
 
-    import funasr.models.emotion2vec.model  # noqa: F401  (registers "Emotion2vec")
+    from clmer_features.extractors.emotion2vec import contained_funasr
+
+    with contained_funasr():  # importing funasr configures the root logger
+        from funasr.register import tables
+
+        import funasr.models.emotion2vec.model  # noqa: F401  (registers "Emotion2vec")
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

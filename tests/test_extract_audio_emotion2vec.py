@@ -167,6 +167,27 @@ def test_ema_teacher_tensors_are_not_a_mismatch(tiny_dir, tmp_path):
     np.testing.assert_array_equal(ex.embed(audio).values, ref.embed(audio).values)
 
 
+def test_importing_funasr_leaves_the_root_logger_alone():
+    import logging
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, numpy as np\n"
+        "from clmer_features.testing_audio import make_tiny_emotion2vec\n"
+        "from clmer_features.extractors.emotion2vec import Emotion2vecExtractor\n"
+        "import tempfile, pathlib\n"
+        "d = make_tiny_emotion2vec(pathlib.Path(tempfile.mkdtemp()) / 'e2v')\n"
+        "ex = Emotion2vecExtractor(d); ex.load()\n"
+        "ex.embed(np.zeros(16000, np.float32))\n"
+        "print(len(logging.getLogger().handlers), logging.getLogger().level)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["0", str(logging.WARNING)]
+    assert "[INFO]" not in res.stderr and "funasr version" not in res.stdout
+
+
 def test_loading_leaves_the_process_alone(tiny_dir, capsys):
     import logging
     import random

@@ -110,20 +110,25 @@ def compare_checkpoint(model_state: dict[str, Any], ckpt_state: dict[str, Any]) 
 
 
 @contextlib.contextmanager
-def _contained_funasr() -> Iterator[None]:
-    """Undo what building a funasr AutoModel does to the whole process: it reseeds
-    every random generator, configures the root logger and prints to stdout."""
+def contained_funasr() -> Iterator[None]:
+    """Import / build funasr things inside this block: importing funasr configures
+    the root logger at INFO (``funasr/bin/realtime_ws.py`` calls basicConfig),
+    building an AutoModel reseeds every random generator and prints to stdout.
+    The block keeps funasr's INFO lines quiet and undoes the rest on exit."""
     import random
 
     import torch
 
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    disabled = logging.root.manager.disable
     states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+    logging.disable(max(disabled, logging.INFO))
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
+        logging.disable(disabled)
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.random.set_rng_state(states[2])
@@ -212,9 +217,10 @@ class Emotion2vecExtractor(Extractor):
         self._check_folder()  # before funasr: a missing path would send it to the hub
         ensure_offline()
         import torch
-        from funasr import AutoModel
 
-        with _contained_funasr():
+        with contained_funasr():
+            from funasr import AutoModel
+
             auto = AutoModel(
                 model=str(self.model_dir.resolve()),
                 device=self.device,
