@@ -226,3 +226,34 @@ def test_skipping_random_init_changes_nothing(tiny, loaded):
         assert torch.equal(fast_state[k], slow_state[k]), k
     for (n, a), (_, b) in zip(loaded.model.named_buffers(), slow.model.named_buffers()):
         assert torch.equal(a, b), n
+
+
+def test_sharded_checkpoint_with_old_buffers_loads(tiny, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    d = tmp_path / "sharded"
+    shutil.copytree(tiny.model_dir, d)
+    state = load_file(str(d / "model.safetensors"))
+    (d / "model.safetensors").unlink()
+    keys = sorted(state)
+    half = len(keys) // 2
+    save_file({k: state[k] for k in keys[:half]}, str(d / "model-00001-of-00002.safetensors"))
+    rest = {k: state[k] for k in keys[half:]}
+    rest["model.bert_model.embeddings.position_ids"] = torch.arange(128)[None]  # saved by older transformers
+    save_file(rest, str(d / "model-00002-of-00002.safetensors"))
+    got = load_r1omni(d)
+    assert got.report.ok and got.report.n_loaded == len(keys) - got.report.tower_keys_skipped
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (R1-Omni runs fp16 there)")
+def test_decoding_on_gpu_in_fp16(tiny):
+    gpu = load_r1omni(tiny.model_dir, device="cuda")
+    assert gpu.model.dtype == torch.float16
+    dec = R1OmniDecoder(gpu, "Which emotion?", max_new_tokens=4)
+    v, a = _features(2)
+    out = dec.decode(v, a)
+    assert len(out) == 2 and all(len(g.tokens) <= 4 for g in out)
+    assert abs(float(dec.gate().sum()) - 1.0) < 1e-3
