@@ -221,6 +221,7 @@ def run_demo(workdir: str | Path, n_clips: int = 32, models_dir: str | Path | No
     import logging
 
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per clip otherwise
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))  # funasr's load chatter
     workdir = Path(workdir)
     t0 = time.perf_counter()
     echo(f"[1/3] making {n_clips} demo clips in {workdir / 'data'} ...")
@@ -235,6 +236,16 @@ def run_demo(workdir: str | Path, n_clips: int = 32, models_dir: str | Path | No
     store = open_store(workdir / "cache", "demo")
     wer = _wer(store, manifest)
     lines = [table]
+    tiny = [f for f in ("siglip", "emotion2vec") if "/models/" in models[f].as_posix()
+            and workdir.as_posix() in models[f].as_posix()]
+    if tiny:
+        lines.append(f"note: {' and '.join(tiny)} are tiny random models here (chance level expected); "
+                     "pass --models-dir DIR holding the real ones")
+    led = store.ledger()
+    asr_failed = led.filter((led["feature"] == "asr") & (led["spec_id"] == summary.features["asr"].spec_id)).height
+    if asr_failed:
+        lines.append(f"note: asr failed on {asr_failed} clips: the Mandarin ones, which the English-only "
+                     "tiny.en cannot transcribe; bert reads their manifest text instead (see the ledger)")
     if wer is not None:
         lines.append(f"English ASR (faster-whisper tiny.en) word error rate: {wer[0]:.1%} over {wer[1]} clips")
     lines.append(f"demo done in {time.perf_counter() - t0:.0f}s (clips made in {t_make:.0f}s); "

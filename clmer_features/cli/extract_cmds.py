@@ -136,7 +136,7 @@ def export_transcripts_cmd(manifest: str, cache_dir: str, dataset: str | None, o
 
 
 @click.command("demo")
-@click.option("--workdir", default="demo_run", show_default=True, type=click.Path(file_okay=False),
+@click.option("--workdir", default="cache/demo-run", show_default=True, type=click.Path(file_okay=False),
               help="Where the demo media, manifest and cache go.")
 @click.option("--clips", type=click.IntRange(min=8, max=200), default=32, show_default=True,
               help="Number of demo clips (half English, half Mandarin).")
