@@ -73,6 +73,7 @@ def test_outputs_written_and_scored(cached, from_cache):
     score = json.loads((out / "score.json").read_text())
     assert score["exact"]["n"] == 3 and score["open_vocabulary"]["n"] == 3
     assert score["record"]["spec_ids"].keys() == {"r1omni_vision", "r1omni_audio"}
+    assert len(score["record"]["manifest_fingerprint"]) == 16 and "commit" in score["record"]["revision"]
     assert abs(sum(score["record"]["gate_weights"]) - 1.0) < 1e-5
     # the random tiny model answers gibberish: every verdict is False and WAR is 0
     assert table["correct"].to_list() == [False, False, False]

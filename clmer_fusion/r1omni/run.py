@@ -31,6 +31,7 @@ import polars as pl
 from clmer_features.errors import ClmerError, StoreError
 from clmer_fusion.r1omni.decode import DEFAULT_INSTRUCTION, R1OmniDecoder
 from clmer_fusion.r1omni.score import normalize_label, ov_scores, score
+from clmer_fusion.record import git_revision, machine
 
 VISION, AUDIO = "r1omni_vision", "r1omni_audio"
 
@@ -237,10 +238,18 @@ def run_r1omni(
             "gate_weights": decoder.gate().tolist()[0], "run_key": run_key, "device": dev,
             "decoded": summary.decoded, "reused": summary.reused,
             "decode_seconds": summary.decode_seconds, "seconds": summary.seconds,
+            "manifest_fingerprint": _manifest_fp(m), "revision": git_revision(), "machine": machine(),
             "python": platform.python_version(), "versions": _versions(),
         },
     })
     return summary
+
+
+def _manifest_fp(m: Any) -> str:
+    try:
+        return m.fingerprint()
+    except Exception:  # noqa: BLE001 - a record field, never a reason to fail the run
+        return "unknown"
 
 
 def _versions() -> dict[str, str]:
