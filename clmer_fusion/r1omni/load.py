@@ -164,6 +164,7 @@ def load_r1omni(
 
     from transformers.initialization import no_init_weights
 
+    torch.manual_seed(0)  # with allow_mismatch, missing weights are random: the same random each run
     with nullcontext() if allow_mismatch else no_init_weights():
         model = R1OmniModel(cfg, qwen_config, bert_config)
     report = LoadReport(model_dir=str(model_dir), tower_keys_skipped=towers, fingerprint=_fingerprint(model_dir, files))
