@@ -138,6 +138,7 @@ def test_model_override_and_cli(tiny_models, manifest, tmp_path):
     assert "siglip" in res.output and "clips/s" in res.output
     line = [ln for ln in res.output.splitlines() if ln.startswith("siglip")][0].split()
     assert line[2:6] == ["6", "3", "2", "0"]
+    assert "3 clip-feature failure(s)" in res.output and "clmer-features status" in res.output
     res = CliRunner().invoke(cli, ["extract", str(manifest), "-f", "nosuch", "--cache", str(tmp_path / "c")])
     assert res.exit_code == 2 and "available:" in res.output
 

@@ -148,3 +148,11 @@ def test_pyav_and_ffprobe_probes_agree(media, tmp_path):
             f.has_video, f.has_audio, f.rotation, f.width, f.height), name
         assert abs((a.duration or 0) - (f.duration or 0)) < 0.05, name
     assert _av_probe(str(rot), True).rotation == 90
+
+
+def test_separate_audio_file_next_to_a_silent_video(media):
+    j = DecodeJob("c", str(media["noaudio"]), None, None, (EVERY2,), True, audio_path=str(media["wav"]))
+    r = decode_clip(j)
+    assert r.problems == {}
+    assert r.frames[EVERY2][1].tolist() == [0.0, 2.0]
+    assert abs(len(r.audio) / 16000 - 2.5) < 0.01  # the wav's audio, not the (absent) video track

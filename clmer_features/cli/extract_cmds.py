@@ -110,6 +110,12 @@ def extract_cmd(manifest: str, features: str, cache_dir: str, models_dir: str | 
         decode_workers=decode_workers, params=parse_params(param), progress=not no_progress, **kwargs,
     )
     click.echo(summary.format())
+    failed = sum(s.failed for s in summary.features.values())
+    if failed:
+        click.echo(f"{failed} clip-feature failure(s) in this run; reasons: "
+                   f"clmer-features status {manifest} --cache {cache_dir}"
+                   + (f" --dataset {dataset}" if dataset else "")
+                   + " (rerun with --retry-failed to try them again)")
 
 
 @click.command("export-transcripts")
