@@ -216,7 +216,9 @@ def run_task(task: PartitionTask, part: Any, clips: list[DecodedClip], stats: Fe
         outs = []
         for c in ready:
             try:
-                outs.extend(ext.extract([c]))
+                one = ext.extract([c])
+                outs.append(one[0] if len(one) == 1 else RuntimeError(
+                    f"{task.feature}: extractor returned {len(one)} outputs for 1 clip"))
             except Exception as exc:  # noqa: BLE001
                 outs.append(exc)
     stats.model_s += time.perf_counter() - t0
