@@ -1,0 +1,221 @@
+"""Extraction on a 2-worker Dask LocalCluster: same store as in-process, one model load per worker,
+a killed worker, a SIGKILLed client and its rerun."""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from clmer_features import testing as T
+from clmer_features.distributed import (
+    FAULTS_ENV,
+    DaskRunner,
+    clear_worker_cache,
+    dask_client,
+    extract_distributed,
+    worker_counters,
+)
+from clmer_features.engine import extract
+from clmer_features.store import open_store
+from clmer_features.store.maintenance import verify
+
+from _extract_helpers import media, tiny_models  # noqa: F401  (fixtures)
+
+pytest.importorskip("distributed")
+PARTITION = 3
+
+
+def clip_rows(media: dict[str, Path]) -> list[dict]:
+    """8 video clips (2 frames each), an audio-only clip and a broken one: 10 clips, 4 partitions."""
+    rows = [{"clip_id": f"c{i}", "video": str(media["av"]), "start": 0.1 * i, "end": 0.1 * i + 2.5,
+             "text": f"hello happy day {i}"} for i in range(8)]
+    rows.append({"clip_id": "wav", "audio": str(media["wav"]), "text": "i am so sad today"})
+    rows.append({"clip_id": "broken", "video": str(media["truncated"])})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory) -> Path:
+    """The workers' fault folder (test hook): empty unless a test drops kill-/delay files in it."""
+    return tmp_path_factory.mktemp("faults")
+
+
+@pytest.fixture(scope="module")
+def client(faults):
+    old = os.environ.get(FAULTS_ENV)
+    os.environ[FAULTS_ENV] = str(faults)  # the nannies spawn their workers with this environment
+    try:
+        with dask_client(workers=2, log=lambda m: None) as c:
+            yield c
+    finally:
+        if old is None:
+            os.environ.pop(FAULTS_ENV, None)
+        else:
+            os.environ[FAULTS_ENV] = old
+
+
+@pytest.fixture(scope="module")
+def manifest(media, tmp_path_factory) -> Path:
+    return T.write_manifest(tmp_path_factory.mktemp("man") / "clips.csv", clip_rows(media))
+
+
+@pytest.fixture(scope="module")
+def reference(manifest, tiny_models, tmp_path_factory):
+    """The in-process run (default torch threads) that every Dask run must reproduce."""
+    import torch
+
+    cache = tmp_path_factory.mktemp("ref")
+    s = extract(manifest, ["siglip", "bert"], cache, models_dir=tiny_models, device="cpu",
+                partition_size=PARTITION, progress=False)
+    return cache, s, torch.get_num_threads()
+
+
+def parts_of(cache: Path, feature: str) -> list[Path]:
+    store = open_store(cache, "clips")
+    [spec] = store.specs(feature)
+    return sorted(p for p in (spec.path / "parts").iterdir() if p.is_dir() and not p.name.startswith(".tmp-"))
+
+
+def assert_same_store(a: Path, b: Path, features: list[str]) -> None:
+    sa, sb = open_store(a, "clips"), open_store(b, "clips")
+    for f in features:
+        fa, fb = sa.feature(f), sb.feature(f)
+        assert fa.spec.spec_id == fb.spec.spec_id
+        assert fa.clip_ids == fb.clip_ids and len(fa.clip_ids) > 0
+        assert [p.name for p in parts_of(a, f)] == [p.name for p in parts_of(b, f)]
+        for cid in fa.clip_ids:
+            va, vb = fa.get(cid), fb.get(cid)
+            assert va.dtype == vb.dtype and np.array_equal(va, vb), f"{f}/{cid} differs"
+            ta, tb = fa.times(cid), fb.times(cid)
+            assert (ta is None and tb is None) or np.array_equal(ta, tb)
+        assert np.array_equal(fa.pooled(fa.clip_ids, how="mean"), fb.pooled(fb.clip_ids, how="mean"))
+    cols = ["clip_id", "feature", "spec_id", "stage", "error", "kind", "attempt"]
+    la, lb = (s.ledger().filter(pl.col("feature").is_in(features)).select(cols).sort("feature", "clip_id")
+              for s in (sa, sb))
+    assert la.height > 0 and la.equals(lb)
+
+
+def test_same_store_as_in_process_and_each_worker_loads_each_model_once(client, manifest, tiny_models,
+                                                                         reference, tmp_path):
+    ref_cache, ref_summary, threads = reference
+    client.run(clear_worker_cache)
+    runner = DaskRunner(client, torch_threads=threads, log=lambda m: None)
+    s = extract(manifest, ["siglip", "bert"], tmp_path / "cache", models_dir=tiny_models, device="cpu",
+                partition_size=PARTITION, progress=False, runner=runner)
+    assert_same_store(ref_cache, tmp_path / "cache", ["siglip", "bert"])
+    for f in ("siglip", "bert"):
+        a, b = ref_summary.features[f], s.features[f]
+        assert (a.spec_id, a.done, a.failed, a.absent) == (b.spec_id, b.done, b.failed, b.absent)
+    assert (s.features["siglip"].done, s.features["siglip"].absent, s.features["siglip"].failed) == (8, 1, 1)
+    assert s.decoded == 10
+
+    # 4 media partitions + 4 text partitions, one task each; every worker loaded each model it used once.
+    assert runner.partitions_run == 8 and len(runner.results) == 8
+    counters = client.run(worker_counters)
+    assert sum(c["tasks"] for c in counters.values()) == 8
+    busy = [c for c in counters.values() if c["tasks"]]
+    assert max(c["tasks"] for c in busy) >= 4  # pigeonhole: some worker ran several partitions ...
+    for c in busy:
+        assert c["loads"] and set(c["loads"].values()) == {1}, c  # ... and still loaded each model once
+    ran = {(r.worker, f) for r in runner.results for f in r.stats}
+    assert sum(r.loads for r in runner.results) == len(ran) == sum(len(c["loads"]) for c in busy)
+
+    # A second run on the same cluster with nothing to do loads nothing and submits nothing.
+    again = DaskRunner(client, log=lambda m: None)
+    s2 = extract(manifest, ["siglip", "bert"], tmp_path / "cache", models_dir=tiny_models, device="cpu",
+                 partition_size=PARTITION, progress=False, runner=again)
+    assert again.partitions_run == 0 and s2.features["siglip"].skipped == 10 and s2.decoded == 0
+
+
+def test_a_killed_worker_costs_nothing(client, faults, manifest, tiny_models, reference, tmp_path):
+    ref_cache, _, threads = reference
+    # Partition 1's worker dies before writing; partition 2's dies after committing its part
+    # (its rerun's part is discarded as a duplicate).
+    for name in ("kill-before-1", "kill-after-2"):
+        (faults / name).write_text("")
+    runner = DaskRunner(client, torch_threads=threads, log=lambda m: None)
+    s = extract(manifest, ["siglip"], tmp_path / "cache", models_dir=tiny_models, device="cpu",
+                partition_size=PARTITION, progress=False, runner=runner)
+    assert not list(faults.glob("kill-*")), "both faults fired"
+    assert not runner.failures and len(runner.results) == 4
+    assert (s.features["siglip"].done, s.features["siglip"].absent, s.features["siglip"].failed) == (8, 1, 1)
+    parts = parts_of(tmp_path / "cache", "siglip")
+    assert len(parts) == 4
+    keys = pl.concat([pl.read_parquet(p / "index.parquet") for p in parts if (p / "index.parquet").exists()])
+    keys = keys["clip_key"].to_list()
+    assert len(keys) == len(set(keys)) == 8  # no clip duplicated across parts
+    assert verify(open_store(tmp_path / "cache", "clips")).ok
+    assert_same_store(ref_cache, tmp_path / "cache", ["siglip"])
+    assert len(client.scheduler_info()["workers"]) == 2  # the nanny restarted the dead worker
+
+
+def test_cli_scheduler_and_option_errors(client, manifest, tiny_models, reference):
+    from clmer_features.cli import cli
+    from clmer_features.errors import ClmerError
+
+    ref_cache, _, _ = reference
+    args = ["extract", str(manifest), "-f", "siglip,bert", "--cache", str(ref_cache), "--models-dir",
+            str(tiny_models), "--device", "cpu", "--partition-size", str(PARTITION), "--no-progress"]
+    r = CliRunner().invoke(cli, args + ["--scheduler", client.scheduler.address])
+    assert r.exit_code == 0, r.output
+    assert "Dask: 2 worker(s)" in r.output and "dashboard: http" in r.output
+    assert "10 clips in manifest, 0 processed" in r.output  # nothing missing: nothing submitted
+    r = CliRunner().invoke(cli, args + ["--scheduler", client.scheduler.address, "--workers", "2"])
+    assert isinstance(r.exception, ClmerError) and "not both" in str(r.exception)
+    with pytest.raises(ClmerError, match="no Dask worker offers the GPU resource"):
+        extract_distributed(manifest, ["siglip"], ref_cache, client=client, device="cuda",
+                            models_dir=tiny_models, progress=False, log=lambda m: None)
+
+
+def test_client_sigkilled_mid_run_then_rerun_computes_only_the_rest(client, manifest, tiny_models, tmp_path):
+    """The client (scheduler in-process, --workers 2) is SIGKILLed after 2 of 10 partitions committed."""
+    cache = tmp_path / "cache"
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "delay").write_text("1.0")
+    env = {**os.environ, FAULTS_ENV: str(faults)}
+    cmd = [sys.executable, "-c", "from clmer_features.cli import main; main()", "extract", str(manifest),
+           "-f", "siglip", "--cache", str(cache), "--models-dir", str(tiny_models), "--device", "cpu",
+           "--partition-size", "1", "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        parts_dir = None
+        while time.time() < deadline and proc.poll() is None:
+            found = list(cache.glob("clips/features/siglip/*/parts"))
+            parts_dir = found[0] if found else None
+            if parts_dir and len([p for p in parts_dir.iterdir() if not p.name.startswith(".tmp-")]) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        with contextlib.suppress(ProcessLookupError):  # its nannies/workers/decoders: same session
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert parts_dir is not None
+    committed = len([p for p in parts_dir.iterdir() if not p.name.startswith(".tmp-")])
+    assert 2 <= committed < 10
+    assert not (parts_dir.parent / "COMPLETE.json").exists()
+
+    runner = DaskRunner(client, log=lambda m: None)
+    s = extract(manifest, ["siglip"], cache, models_dir=tiny_models, device="cpu", partition_size=1,
+                progress=False, runner=runner)
+    assert runner.partitions_run == 10 - committed
+    assert s.features["siglip"].skipped == committed
+    assert s.features["siglip"].done + s.features["siglip"].failed + s.features["siglip"].absent == 10 - committed
+    store = open_store(cache, "clips")
+    assert verify(store).ok
+    assert store.feature("siglip").clip_ids == [f"c{i}" for i in range(8)]
+    assert len(parts_of(cache, "siglip")) == 10
