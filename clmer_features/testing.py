@@ -191,11 +191,16 @@ def make_media_set(folder: str | Path) -> dict[str, Path]:
 
 
 def crashing_decode(job: Any) -> Any:
-    """A decode function for DecoderPool tests: kills its process on clips named crash*."""
+    """A decode function for DecoderPool tests: kills its process on clips named crash*,
+    hangs on clips named hang*."""
     import os
 
     from clmer_features.media import decode_clip
 
     if job.clip_id.startswith("crash"):
         os.abort()
+    if job.clip_id.startswith("hang"):
+        import time
+
+        time.sleep(120)
     return decode_clip(job)

@@ -156,3 +156,12 @@ def test_separate_audio_file_next_to_a_silent_video(media):
     assert r.problems == {}
     assert r.frames[EVERY2][1].tolist() == [0.0, 2.0]
     assert abs(len(r.audio) / 16000 - 2.5) < 0.01  # the wav's audio, not the (absent) video track
+
+
+def test_a_hanging_decoder_times_out_and_the_rest_go_on(media):
+    jobs = [job(media["av"], "a"), job(media["av"], "hang-1"), job(media["wav"], "b")]
+    with DecoderPool(workers=1, timeout_s=3.0, fn=T.crashing_decode) as pool:
+        out = {j.clip_id: r for j, r in pool.imap(jobs)}
+    assert out["a"].problems == {} and out["b"].problems == {"video": ("absent", "no video stream")}
+    kind, msg = out["hang-1"].problems["video"]
+    assert kind == "error" and "longer than 3s" in msg
