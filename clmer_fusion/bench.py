@@ -15,7 +15,8 @@ Config (YAML), every key optional except a data source:
     train: {lr: 0.01}            # TrainConfig options for every head
     head_options: {mlp: {hidden: 256}}
     explain: true                # Shapley over subsets (needs subsets: all)
-    threads: 1                   # torch CPU threads (1 is fastest for small heads on a busy machine)
+    threads: 1                   # torch CPU threads per process (1 is fastest for small heads)
+    workers: 1                   # processes for the grid (2 on a 2-core machine); same numbers
     out: runs/bench
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ from clmer_fusion.fit import TrainConfig
 from clmer_fusion.metrics import primary_metric
 from clmer_fusion.protocols import make_folds, normalize
 from clmer_fusion.record import digest, file_sha256, git_revision, machine, package_versions
-from clmer_fusion.train import SHOW, run
+from clmer_fusion.gridrun import run_jobs
+from clmer_fusion.train import SHOW
 
 ID_COLS = ["protocol", "head", "subset", "seed", "fold", "set"]
 
@@ -131,22 +133,24 @@ def run_grid(cfg: dict[str, Any], data: FusionData | None = None, progress: bool
     t0 = time.perf_counter()
     from tqdm import tqdm
 
-    for p, h, s, seed in tqdm(jobs, desc="grid", unit="fit", disable=not progress):
-        opts = {**cfg.get("train", {}), **cfg.get("head_options", {}).get(h, {}), "head": h, "seed": seed}
-        res = run(data.select(s), TrainConfig.from_dict(opts), p)
+    specs = [(p, h, s, seed, {**cfg.get("train", {}), **cfg.get("head_options", {}).get(h, {})})
+             for p, h, s, seed in jobs]
+    results = run_jobs(data, specs, workers=int(cfg.get("workers", 1)), threads=int(cfg.get("threads", 1)))
+    for (p, h, s, seed), res in zip(jobs, tqdm(results, total=len(jobs), desc="grid", unit="job",
+                                              disable=not progress)):
         name = "+".join(s)
-        for r in res.rows:
+        for r in res["rows"]:
             rows.append({"protocol": p["name"], "head": h, "subset": name, "seed": seed, **r})
-        for key, out in res.outputs.items():
+        for key, out in res["outputs"].items():
             outs[(p["name"], h, frozenset(s), seed, key)] = out
-        if len(s) == len(mods) and seed == seeds[0] and res.confusions:
-            test_keys = [k for k in res.confusions if k.endswith("/test")] or list(res.confusions)
-            confusions[f"{p['name']}/{h}"] = res.confusions[test_keys[0]]
+        if len(s) == len(mods) and seed == seeds[0] and res["confusions"]:
+            test_keys = [k for k in res["confusions"] if k.endswith("/test")] or list(res["confusions"])
+            confusions[f"{p['name']}/{h}"] = res["confusions"][test_keys[0]]
     seconds = time.perf_counter() - t0
     frame = pl.DataFrame(rows, infer_schema_length=None)
     shap = _shapley(data, protocols, heads, seeds, outs, cfg) if want_explain else {}
     record = {"config": cfg, "provenance": prov, "versions": package_versions(), "revision": git_revision(),
-              "machine": machine(), "grid_seconds": round(seconds, 3), "fits": len(jobs),
+              "machine": machine(), "grid_seconds": round(seconds, 3), "fits": len(jobs), "workers": int(cfg.get("workers", 1)),
               "rows_digest": digest(_metric_rows(frame)), "rows": _metric_rows(frame),
               "shapley": {k: v["metric_shapley"] for k, v in shap.items()}}
     return BenchOutput(rows=frame, table=markdown_table(frame, data.task), shapley=shap, record=record,
