@@ -137,7 +137,7 @@ def test_in_process_decoding_matches_the_pool(media):
 
 
 def test_pyav_and_ffprobe_probes_agree(media, tmp_path):
-    from clmer_features.media import _av_probe, _ffprobe
+    from clmer_features.media_probe import _av_probe, _ffprobe
 
     rot = T.make_video(tmp_path / "rot.mp4", 2.0, rotate=90)
     for name, path in [*media.items(), ("rot", rot)]:
