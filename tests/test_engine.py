@@ -222,3 +222,20 @@ def test_params_and_device_from_the_cli(tiny_models, media, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(Exception, match="no CUDA GPU"):
             engine.extract(man, ["siglip"], tmp_path / "c", models_dir=tiny_models, device="cuda", progress=False)
+
+
+def test_file_gone_after_the_manifest_was_read(tiny_models, media, tmp_path):
+    import shutil
+
+    from clmer_features.manifest import read_manifest
+
+    gone = shutil.copy(media["av2"], tmp_path / "gone.mp4")
+    man = T.write_manifest(tmp_path / "clips.csv", [{"clip_id": "ok", "video": str(media["av"])},
+                                                   {"clip_id": "gone", "video": gone}])
+    m = read_manifest(man)  # fingerprints taken while the file existed
+    (tmp_path / "gone.mp4").unlink()
+    s = extract(m, ["siglip"], tmp_path / "cache", models_dir=tiny_models, device="cpu", progress=False,
+                decode_workers=0)
+    assert (s.features["siglip"].done, s.features["siglip"].failed) == (1, 1)
+    led = ledger_of(tmp_path / "cache", "siglip")
+    assert led["gone"]["stage"] == "decode" and "file not found" in led["gone"]["message"]
