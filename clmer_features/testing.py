@@ -204,3 +204,51 @@ def crashing_decode(job: Any) -> Any:
 
         time.sleep(120)
     return decode_clip(job)
+
+
+# --------------------------------------------------------------------------- conformance
+def check_extractor(cls: Any, model_dir: str | Path, clips: list[Any], **params: Any) -> list[Any]:
+    """The contract every extractor keeps; raises AssertionError naming the broken rule.
+
+    ``clips`` are DecodedClip values with the extractor's input present. Checks:
+    the class is registered under its name; ``spec()`` works without loading the
+    model, is the same for two instances and for another device, and holds no run
+    settings; ``load()`` is idempotent; ``extract`` returns one output per clip, in
+    order, with finite values, matching times, and the same numbers alone as in a batch.
+    Returns the batch outputs.
+    """
+    import numpy as np
+
+    from clmer_features.extractors import get_extractor
+
+    assert get_extractor(cls.name) is cls, f"{cls.__name__} is not registered as {cls.name!r}"
+    assert cls.input in ("video", "audio", "text"), f"{cls.name}: bad input {cls.input!r}"
+    a = cls(Path(model_dir), device="cpu", **params)
+    spec = a.spec()
+    assert spec.feature == cls.name, f"{cls.name}: spec feature {spec.feature!r}"
+    assert spec.weights_digest, f"{cls.name}: spec has no weights digest"
+    assert cls(Path(model_dir), device="cuda", **params).spec().spec_id == spec.spec_id, \
+        f"{cls.name}: the device changes the spec"
+    assert cls(Path(model_dir), device="cpu", **params).spec().spec_id == spec.spec_id, \
+        f"{cls.name}: two instances give different specs"
+    a.load()
+    a.load()
+    outs = a.extract(list(clips))
+    assert len(outs) == len(clips), f"{cls.name}: {len(outs)} outputs for {len(clips)} clips"
+    for c, o in zip(clips, outs):
+        assert not isinstance(o, Exception), f"{cls.name}: clip {c.clip_id} failed: {o!r}"
+        assert o.values is not None or o.record is not None or o.pooled is not None, \
+            f"{cls.name}: clip {c.clip_id}: empty output"
+        for name in ("values", "pooled"):
+            v = getattr(o, name)
+            if v is not None:
+                assert np.isfinite(np.asarray(v, np.float32)).all(), f"{cls.name}: {c.clip_id}: {name} not finite"
+        if o.values is not None:
+            assert np.asarray(o.values).ndim == 2, f"{cls.name}: values must be [T, D]"
+            if o.times is not None:
+                assert len(o.times) == len(o.values), f"{cls.name}: {c.clip_id}: rows and times differ"
+    alone = a.extract([clips[-1]])[0]
+    if outs[-1].values is not None:
+        np.testing.assert_allclose(alone.values, outs[-1].values, rtol=1e-3, atol=1e-4,
+                                   err_msg=f"{cls.name}: batching changes the numbers")
+    return outs
