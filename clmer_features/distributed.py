@@ -39,6 +39,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from clmer_features.engine import (
     DEFAULT_BATCH_SIZE,
     FeatureStats,
@@ -399,10 +401,9 @@ def _visible_gpus() -> list[str]:
         return []
 
 
-class _OneGpuPerWorker:
-    """Worker plugin for a local cluster: worker i sees only GPU i (mod the GPU count)."""
-
-    idempotent = False
+class _OneGpuPerWorker(WorkerPlugin):
+    """Worker plugin for a local cluster: worker i sees only GPU i (mod the GPU count).
+    It runs before any task, so before torch initializes CUDA in that worker."""
 
     def __init__(self, gpus: list[str]) -> None:
         self.gpus = gpus
@@ -411,14 +412,8 @@ class _OneGpuPerWorker:
         try:
             i = int(worker.name)
         except (TypeError, ValueError):
-            i = abs(hash(worker.name))
+            i = sum(map(ord, str(worker.name)))
         os.environ["CUDA_VISIBLE_DEVICES"] = self.gpus[i % len(self.gpus)]
-
-    def teardown(self, worker: Any) -> None:
-        pass
-
-    def transition(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 def _check_workers(client: Any, gpu: bool, scheduler: str | None) -> dict[str, Any]:

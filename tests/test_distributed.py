@@ -219,3 +219,23 @@ def test_client_sigkilled_mid_run_then_rerun_computes_only_the_rest(client, mani
     assert verify(store).ok
     assert store.feature("siglip").clip_ids == [f"c{i}" for i in range(8)]
     assert len(parts_of(cache, "siglip")) == 10
+
+
+def test_local_cluster_pins_one_gpu_per_worker(client):
+    """--workers N --device cuda: worker i sees GPU i (checked here without a GPU: the variable only)."""
+    from clmer_features.distributed import _OneGpuPerWorker
+
+    def visible() -> str | None:
+        return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    before = client.run(visible)
+    client.register_plugin(_OneGpuPerWorker(["3", "5"]), name="test-gpu-pin")
+    try:
+        seen = client.run(visible)
+        names = {w: info["name"] for w, info in client.scheduler_info(n_workers=-1)["workers"].items()}
+        assert {names[w]: v for w, v in seen.items()} == {0: "3", 1: "5"}
+    finally:
+        client.unregister_worker_plugin("test-gpu-pin")
+        client.run(lambda old: os.environ.pop("CUDA_VISIBLE_DEVICES", None) if old is None else
+                   os.environ.__setitem__("CUDA_VISIBLE_DEVICES", old), None)
+    assert set(client.run(visible).values()) == set(before.values())
