@@ -145,11 +145,28 @@ def ffmpeg_frames(path: str, times: np.ndarray, pr: Probe) -> np.ndarray:
     return np.stack(out)
 
 
-def _decode_audio(job: DecodeJob, pr: Probe) -> tuple[np.ndarray, float]:
+# decord's AudioReader decodes a whole file; segments of one long file (start/end rows, as in
+# CMU-MOSEI) come one after another, so each decoder process keeps its last file's samples.
+_AUDIO_CACHE: dict[str, Any] = {"key": None, "samples": None, "decodes": 0}
+
+
+def _full_audio(path: str) -> np.ndarray:
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if _AUDIO_CACHE["key"] == key:
+        return _AUDIO_CACHE["samples"]
     from decord import AudioReader, cpu
 
-    ar = AudioReader(job.audio_path or job.path, ctx=cpu(0), sample_rate=SAMPLE_RATE, mono=True)
+    _AUDIO_CACHE["key"] = _AUDIO_CACHE["samples"] = None  # never serve a half-replaced entry
+    ar = AudioReader(path, ctx=cpu(0), sample_rate=SAMPLE_RATE, mono=True)
     samples = np.asarray(ar[:].asnumpy(), dtype=np.float32).reshape(-1)
+    samples.setflags(write=False)
+    _AUDIO_CACHE.update(key=key, samples=samples, decodes=_AUDIO_CACHE["decodes"] + 1)
+    return samples
+
+
+def _decode_audio(job: DecodeJob, pr: Probe) -> tuple[np.ndarray, float]:
+    samples = _full_audio(job.audio_path or job.path or "")
     got = len(samples) / SAMPLE_RATE
     expected = pr.audio_duration or pr.duration
     if expected is not None:
@@ -165,7 +182,7 @@ def _decode_audio(job: DecodeJob, pr: Probe) -> tuple[np.ndarray, float]:
     if end <= start:
         raise DecodeError(f"end {end:g}s is not after start {start:g}s")
     a, b = int(round(start * SAMPLE_RATE)), int(round(end * SAMPLE_RATE))
-    return np.ascontiguousarray(samples[a:b]), end - start
+    return samples[a:b].copy(), end - start  # a copy: the cached samples stay untouched
 
 
 _DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+?\.(?:cc|h):\d+: ")

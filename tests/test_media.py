@@ -165,3 +165,17 @@ def test_a_hanging_decoder_times_out_and_the_rest_go_on(media):
     assert out["a"].problems == {} and out["b"].problems == {"video": ("absent", "no video stream")}
     kind, msg = out["hang-1"].problems["video"]
     assert kind == "error" and "longer than 3s" in msg
+
+
+def test_segments_of_one_file_decode_its_audio_once(media):
+    from clmer_features import media as M
+
+    before = M._AUDIO_CACHE["decodes"]
+    r1 = decode_clip(job(media["av2"], "s1", start=0.0, end=1.0, frames=()))
+    r2 = decode_clip(job(media["av2"], "s2", start=1.0, end=2.5, frames=()))
+    assert M._AUDIO_CACHE["decodes"] - before == 1
+    full = decode_clip(job(media["av2"], "all", frames=()))
+    assert np.array_equal(np.concatenate([r1.audio, r2.audio]), full.audio[:40000])
+    keep = float(full.audio[0])
+    r1.audio[0] = keep + 1.0  # a clip's samples are its own copy, not a view of the cache
+    assert float(M._AUDIO_CACHE["samples"][0]) == keep
