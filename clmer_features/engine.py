@@ -73,6 +73,16 @@ def get_cached_extractor(name: str, model_dir: Path, device: str, params: Mappin
     return ext
 
 
+def clear_model_cache() -> None:
+    """Unload and forget every cached extractor (frees model memory in a long-lived process)."""
+    for ext in list(MODEL_CACHE.values()):
+        try:
+            ext.unload()
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+    MODEL_CACHE.clear()
+
+
 def build_extractors(
     features: Iterable[str],
     models_dir: str | Path | None = None,

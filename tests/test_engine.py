@@ -117,7 +117,8 @@ def test_no_socket_is_opened(tiny_models, manifest, tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    engine.MODEL_CACHE.clear()  # load the models again, under the guard
+    engine.clear_model_cache()  # load the models again, under the guard
+    assert engine.MODEL_CACHE == {}
     s = extract(manifest, ["siglip", "bert"], tmp_path / "cache", models_dir=tiny_models, device="cpu",
                 progress=False)
     assert s.features["siglip"].done == 6 and s.features["bert"].done == 4
