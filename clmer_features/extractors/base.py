@@ -170,7 +170,13 @@ class Extractor(abc.ABC):
 
     @abc.abstractmethod
     def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
-        """One output (or the exception that clip raised) per clip, in order."""
+        """One output (or the exception that clip raised) per clip, in order.
+
+        The engine records an exception in the ledger as kind "error", or as kind
+        "absent" when it has an attribute ``ledger_kind = "absent"`` (the clip is
+        fine but not for this model, e.g. a language an English-only model lacks).
+        If the whole call raises, the engine retries the clips one by one.
+        """
 
     def unload(self) -> None:
         """Free the model (optional)."""
