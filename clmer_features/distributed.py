@@ -167,13 +167,16 @@ def _decoder_pool(decode_workers: int | None, warnings: list[str]) -> Any:
 
 def _inject_faults(index: int, when: str) -> None:
     """Test-only: ``$CLMER_TEST_FAULTS/kill-<when>-<index>`` kills this worker once (the file is
-    removed first, so only the first attempt dies); ``delay`` holds seconds to sleep per task."""
+    removed first, so only the first attempt dies); ``raise-<index>`` makes every attempt raise;
+    ``delay`` holds seconds to sleep per task."""
     folder = os.environ.get(FAULTS_ENV)
     if not folder:
         return
     if when == "before":
         with contextlib.suppress(FileNotFoundError, ValueError):
             time.sleep(float(Path(folder, "delay").read_text()))
+        if Path(folder, f"raise-{index}").exists():
+            raise RuntimeError(f"injected failure in partition {index}")
     try:
         os.unlink(Path(folder, f"kill-{when}-{index}"))
     except FileNotFoundError:

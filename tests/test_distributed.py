@@ -239,3 +239,27 @@ def test_local_cluster_pins_one_gpu_per_worker(client):
         client.run(lambda old: os.environ.pop("CUDA_VISIBLE_DEVICES", None) if old is None else
                    os.environ.__setitem__("CUDA_VISIBLE_DEVICES", old), None)
     assert set(client.run(visible).values()) == set(before.values())
+
+
+def test_a_partition_that_keeps_failing_leaves_a_consistent_store(client, faults, manifest, tiny_models,
+                                                                   tmp_path):
+    from clmer_features.errors import ClmerError
+
+    cache = tmp_path / "cache"
+    (faults / "raise-2").write_text("")
+    try:
+        with pytest.raises(ClmerError, match=r"1 partition\(s\) failed after 1 retries.*injected failure"):
+            extract_distributed(manifest, ["siglip"], cache, client=client, device="cpu", retries=1,
+                                models_dir=tiny_models, partition_size=PARTITION, progress=False,
+                                log=lambda m: None)
+    finally:
+        (faults / "raise-2").unlink()
+    store = open_store(cache, "clips")
+    feat = store.feature("siglip")  # finalized with the 3 partitions that succeeded
+    assert feat.clip_ids == ["c0", "c1", "c2", "c3", "c4", "c5"]  # partition 2 (c6, c7, wav) is missing
+    assert verify(store).ok and len(parts_of(cache, "siglip")) == 3
+    runner = DaskRunner(client, log=lambda m: None)
+    extract(manifest, ["siglip"], cache, models_dir=tiny_models, device="cpu", partition_size=PARTITION,
+            progress=False, runner=runner)
+    assert runner.partitions_run == 1 and not runner.failures
+    assert open_store(cache, "clips").feature("siglip").clip_ids == [f"c{i}" for i in range(8)]
