@@ -308,8 +308,9 @@ class DaskRunner:
             light = [replace(t, extractor=None) for t in tasks if t.keys]
             fut = self.client.submit(
                 run_partition_task, i, rows, light, {t.feature: states[t.feature] for t in light},
-                self.batch_size, self.decode_workers, self.torch_threads, key=f"clmer-{self.token}-{label.split()[0]}-{i}",
-                pure=False, retries=self.retries, resources=resources,
+                self.batch_size, self.decode_workers, self.torch_threads,
+                key=f"clmer-{self.token}-{label.split()[0]}-{i}", pure=False, retries=self.retries,
+                resources=resources,
             )
             futures[fut] = (i, rows, light)
         self.partitions_run += len(futures)
@@ -326,8 +327,8 @@ class DaskRunner:
             else:
                 self._merge(res, summary)
             done += 1
-            bar.update(len(rows))
             bar.set_postfix_str(f"{done}/{len(futures)} partitions", refresh=False)
+            bar.update(len(rows))
             fut.release()
         for fut in states.values():
             fut.release()
@@ -378,6 +379,8 @@ def dask_client(workers: int | None = None, scheduler: str | None = None, *, gpu
     if workers is None or workers < 1:
         raise ClmerError(f"--workers must be >= 1, not {workers}")
     gpus = _visible_gpus() if gpu else []
+    log(f"starting a local Dask cluster of {workers} worker process(es)"
+        + (f" on GPU(s) {','.join(gpus)}" if gpus else ""))
     # Non-daemonic workers may start decoder processes (crash isolation, see media.DecoderPool).
     with dask.config.set({"distributed.worker.daemon": False}):
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
