@@ -89,8 +89,9 @@ def select_frames(
     i1 = int(np.searchsorted(frame_starts, end - 1e-6, side="left"))
     i0 = min(i0, n - 1)
     i1 = max(min(i1, n), i0 + 1)
-    bounds = np.linspace(i0, i1, req.count + 1)
-    idx = np.floor((bounds[:-1] + bounds[1:]) / 2).astype(np.int64)
+    # R1-Omni's sampling: frame round((i + 0.5) * (n - 1) / count) of the n frames in the segment
+    n_seg = i1 - i0
+    idx = i0 + np.round((np.arange(req.count) + 0.5) * (n_seg - 1) / req.count + 1e-6).astype(np.int64)
     return np.clip(idx, i0, i1 - 1)
 
 

@@ -28,7 +28,8 @@ def test_interval_times_start_at_zero_and_cover_the_clip():
 def test_segments_pick_middle_frames():
     stamps = np.arange(80) / 10.0  # 8 s at 10 fps
     idx = select_frames(stamps, 0.0, 8.0, SEG8)
-    assert idx.tolist() == [5, 15, 25, 35, 45, 55, 65, 75]
+    # R1-Omni's rule: round((i + 0.5) * (n - 1) / 8) of the n frames
+    assert idx.tolist() == [5, 15, 25, 35, 44, 54, 64, 74]
     idx = select_frames(stamps, 2.0, 4.0, FrameRequest.segments(4))
     assert idx.tolist() == [22, 27, 32, 37]
 

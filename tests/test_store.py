@@ -262,3 +262,28 @@ def test_bad_rows_are_refused(tmp_path, manifest):
 def test_open_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(StoreError, match="no store at"):
         open_store(tmp_path, "nothing")
+
+
+def test_text_or_media_keys_follow_the_text_where_the_manifest_has_it(tmp_path):
+    (tmp_path / "a.mp4").write_bytes(os.urandom(100))
+    (tmp_path / "b.mp4").write_bytes(os.urandom(100))
+    path = tmp_path / "t.csv"
+    path.write_text("clip_id,video,text\na,a.mp4,hello\nb,b.mp4,\n")
+    m = read_manifest(path)
+    store = open_store(tmp_path / "cache", "t", create=True)
+    store.write_clips(m)
+    keys = dict(store.current_keys("text_or_media").iter_rows())
+    assert keys == {"a": m.df["text_key"][0], "b": m.df["media_key"][1]}
+    spec = FeatureSpec.create("bert", model_id="m", params={"text_source": "manifest|asr:x"})
+    fw = store.feature_writer(spec, input="text_or_media")
+    with fw.part("p") as p:
+        p.add(keys["a"], "a", np.ones((2, 3)))
+        p.add(keys["b"], "b", np.ones((2, 3)) * 2)
+    fw.finalize()
+    assert len(store.feature("bert")) == 2
+    path.write_text("clip_id,video,text\na,a.mp4,hello again\nb,b.mp4,\n")  # a's text edited
+    store.write_clips(read_manifest(path))
+    r = open_store(tmp_path / "cache", "t").feature("bert")
+    assert r.missing() == ["a"] and r.clip_ids == ["b"]
+    (st,) = status(store)
+    assert (st.done, st.missing) == (1, 1)

@@ -52,9 +52,10 @@ class StoredSpec:
 class Store(StoreLike):
     """One dataset's cache: ``<cache_dir>/<dataset>/``."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, clips: pl.DataFrame | None = None):
+        """``clips`` overrides the manifest snapshot (e.g. to ask about a manifest not yet extracted)."""
         self.root = root
-        self._keys: pl.DataFrame | None | bool = False
+        self._keys: pl.DataFrame | None | bool = False if clips is None else clips
 
     @property
     def dataset(self) -> str:
@@ -71,14 +72,17 @@ class Store(StoreLike):
         return pl.read_parquet(path) if path.exists() else None
 
     def current_keys(self, input: str) -> pl.DataFrame | None:
-        """clip_id -> clip_key for an input ('media' or 'text') from the manifest snapshot."""
+        """clip_id -> clip_key for an input ('media', 'text' or 'text_or_media') from the manifest snapshot."""
         if self._keys is False:
             self._keys = self.clips()
         clips = self._keys
         if clips is None:
             return None
-        col = "text_key" if input == "text" else "media_key"
-        return clips.select("clip_id", pl.col(col).alias("clip_key")).drop_nulls("clip_key")
+        if input == "text_or_media":  # text features whose text comes from the manifest where present
+            key = pl.coalesce("text_key", "media_key")
+        else:
+            key = pl.col("text_key" if input == "text" else "media_key")
+        return clips.select("clip_id", key.alias("clip_key")).drop_nulls("clip_key")
 
     # ------------------------------------------------------------------ features
     def specs(self, feature: str | None = None) -> list[StoredSpec]:

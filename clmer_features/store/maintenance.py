@@ -39,8 +39,7 @@ def status(store: Store, clips: pl.DataFrame | None = None) -> list[FeatureStatu
         done_keys = set(pl.read_parquet(idx_path, columns=["clip_key"])["clip_key"].to_list()) if idx_path.exists() else set()
         fails = pl.read_parquet(fails_path) if fails_path.exists() else L.empty_ledger()
         input_ = zarr.open_group(s.path, mode="r").attrs.get("input", "media")
-        col = "text_key" if input_ == "text" else "media_key"
-        keys = store.current_keys(input_) if clips is None else clips.select(pl.col(col).alias("clip_key")).drop_nulls()
+        keys = store.current_keys(input_) if clips is None else Store(store.root, clips).current_keys(input_)
         if keys is None:
             wanted = done_keys | set(fails["clip_key"].to_list())
         else:

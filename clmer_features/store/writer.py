@@ -28,6 +28,9 @@ from clmer_features.errors import StoreError
 from clmer_features.spec import FeatureSpec
 from clmer_features.store import layout as L
 
+# Which cache key a feature's clips use: the media fingerprint, the text's, or the text's
+# where the manifest has text and the media's otherwise (text from the transcript).
+INPUTS = ("media", "text", "text_or_media")
 CHUNK_ROWS = 512  # inner chunk of a part's value array; the whole part is one shard
 _PART_INDEX_SCHEMA = {"clip_key": pl.Utf8, "clip_id": pl.Utf8, "row_start": pl.Int64, "row_end": pl.Int64, "item": pl.Int64}
 
@@ -216,8 +219,8 @@ class FeatureWriter:
     """Writes parts of one feature spec and finalizes its index."""
 
     def __init__(self, store_root: Path, spec: FeatureSpec, input: str = "media", provenance: dict[str, Any] | None = None):
-        if input not in ("media", "text"):
-            raise ValueError(f"input must be 'media' or 'text', not {input!r}")
+        if input not in INPUTS:
+            raise ValueError(f"input must be one of {INPUTS}, not {input!r}")
         self.spec = spec
         self.root = store_root
         self.dir = L.feature_dir(store_root, spec.feature, spec.spec_id)
