@@ -159,6 +159,10 @@ def main() -> int:
     for h in HEADS:
         lines.append(f"| {h} | " + " | ".join(f"{shap[h][m]:.3f}" for m in MODS) + f" | {err[h]:.2f} |")
     lines += ["", f"Shapley recovery (each head within 5 points): {'PASS' if ok_shap else 'FAIL'}", "",
+              "Shapley: exact, over the 7 subsets trained by the grid plus the empty set (train-prior "
+              "predictor), on test UAR, mean over seeds; share = value / sum of values.",
+              "Rerun the grid and compare every number: "
+              "`clmer-fusion bench --check benchmarks/results/heads_grid/record.json`.", "",
               "## Grid table (test set, mean ± std over 3 seeds)", "", grid.table]
     text = "\n".join(lines)
     print(text)

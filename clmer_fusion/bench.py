@@ -136,8 +136,8 @@ def run_grid(cfg: dict[str, Any], data: FusionData | None = None, progress: bool
     specs = [(p, h, s, seed, {**cfg.get("train", {}), **cfg.get("head_options", {}).get(h, {})})
              for p, h, s, seed in jobs]
     results = run_jobs(data, specs, workers=int(cfg.get("workers", 1)), threads=int(cfg.get("threads", 1)))
-    for (p, h, s, seed), res in zip(jobs, tqdm(results, total=len(jobs), desc="grid", unit="job",
-                                              disable=not progress)):
+    for res, (p, h, s, seed) in zip(tqdm(results, total=len(jobs), desc="grid", unit="job",
+                                         disable=not progress), jobs):
         name = "+".join(s)
         for r in res["rows"]:
             rows.append({"protocol": p["name"], "head": h, "subset": name, "seed": seed, **r})

@@ -144,3 +144,15 @@ def test_import_boundary_no_heavy_modules():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_bench_workers_give_the_same_numbers():
+    from clmer_fusion.bench import run_grid
+
+    cfg = {"synthetic": {"n": 600, "dims": [6, 6, 6]}, "heads": ["linear", "mlp"], "seeds": [0, 1],
+           "train": {"hidden": 16, "max_epochs": 20}}
+    one = run_grid(cfg, progress=False)
+    two = run_grid({**cfg, "workers": 2}, progress=False)
+    assert one.record["rows_digest"] == two.record["rows_digest"]
+    assert one.record["shapley"] == two.record["shapley"]
