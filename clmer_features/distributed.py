@@ -123,34 +123,6 @@ def _worker_extractor(state: ExtractorState) -> tuple[Extractor, float]:
     return ext, load_s
 
 
-_PARENT: list[int] = []
-
-
-def _watch_parent() -> None:
-    """In a decoder process: exit when the worker that started it is gone (a killed worker
-    must not leave its decoders behind; they would wait on their queue forever)."""
-    import threading
-
-    if _PARENT:
-        return
-    _PARENT.append(os.getppid())
-
-    def watch() -> None:
-        while os.getppid() == _PARENT[0]:
-            time.sleep(1.0)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="clmer-parent-watch", daemon=True).start()
-
-
-def decode_in_worker(job: Any) -> Any:
-    """The decoder function of a worker's DecoderPool: media.decode_clip plus the parent watch."""
-    from clmer_features.media import decode_clip
-
-    _watch_parent()
-    return decode_clip(job)
-
-
 def _decoder_pool(decode_workers: int | None, warnings: list[str]) -> Any:
     from clmer_features.media import DecoderPool
 
@@ -161,7 +133,7 @@ def _decoder_pool(decode_workers: int | None, warnings: list[str]) -> Any:
             warnings.append("worker processes are daemonic, so clips are decoded inside the worker (no crash "
                             "isolation); start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False")
             workers = 0
-        _POOL.append(DecoderPool(workers=workers, fn=decode_in_worker))
+        _POOL.append(DecoderPool(workers=workers))
     return _POOL[0]
 
 

@@ -275,7 +275,24 @@ def quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
+def _exit_with_parent() -> None:
+    """Exit when the process that started this decoder is gone: a SIGKILLed engine or Dask
+    worker must not leave decoders waiting on their queue forever."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="clmer-parent-watch", daemon=True).start()
+
+
 def _worker_init() -> None:
+    _exit_with_parent()
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:

@@ -180,3 +180,32 @@ def test_segments_of_one_file_decode_its_audio_once(media):
     keep = float(full.audio[0])
     r1.audio[0] = keep + 1.0  # a clip's samples are its own copy, not a view of the cache
     assert float(M._AUDIO_CACHE["samples"][0]) == keep
+
+
+def test_decoders_exit_when_their_parent_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "from clmer_features.media import DecoderPool\n"
+        "import os, time\n"
+        "pool = DecoderPool(workers=1)\n"
+        "ex = pool._executor()\n"
+        "ex.submit(os.getpid).result()\n"
+        "print(*[p.pid for p in ex._processes.values()], flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert pids
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    alive = pids
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
+    assert not alive, f"decoder processes {alive} outlived their killed parent"
