@@ -3,7 +3,7 @@
 Fast path: the training split is held as tensors on the device; large batches (1024 rows by
 default, ``batch_size=0`` for one full batch) are index slices from a seeded ``torch.Generator``
 permutation (no DataLoader, no per-sample collation); validation is one forward pass per epoch;
-early stopping on a validation metric (WAR by default, val loss breaking ties).
+early stopping on validation loss (or a validation metric, loss breaking ties).
 Same config + seed + data -> same numbers (seeded init, dropout and shuffles; no nondeterministic ops).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ class TrainConfig:
     patience: int = 10               # evaluations without val improvement before stopping
     eval_every: int = 1
     min_delta: float = 1e-3          # relative val-loss improvement that resets patience
-    select: str = "war"              # early-stopping criterion (classification): loss|war|uar|macro_f1|weighted_f1
+    select: str = "loss"             # early-stopping criterion: loss, or (classification) war|uar|macro_f1|weighted_f1
     class_weights: bool = False
     standardize: bool = True
     modality_dropout: float = 0.0    # train-time probability of hiding a modality (learns the embedding)

@@ -40,7 +40,7 @@ def _features(value: str) -> list[str]:
 @click.option("--max-epochs", default=None, type=int)
 @click.option("--patience", default=None, type=int, help="Evaluations without validation gain before stopping.")
 @click.option("--select", default=None, type=click.Choice(["loss", "war", "uar", "macro_f1", "weighted_f1"]),
-              help="Early-stopping criterion on validation (default war).")
+              help="Early-stopping criterion on validation (default loss).")
 @click.option("--class-weights", is_flag=True, help="Weight the loss by inverse class frequency.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--threads", default=1, show_default=True,

@@ -124,10 +124,18 @@ def test_same_seed_same_numbers_different_seed_different(synth):
 
 def test_early_stopping_restores_best_epoch(synth):
     fold = make_folds(synth, "splits")[0]
-    m = fit(synth.take(fold.train), synth.take(fold.val), TrainConfig(head="linear", patience=3, max_epochs=500))
+    tr, va = synth.take(fold.train), synth.take(fold.val)
+    m = fit(tr, va, TrainConfig(head="linear", patience=3, max_epochs=500, select="war"))
     assert m.epochs == m.best_epoch + 3 and m.epochs < 500
     best = max(h["val_metric"] for h in m.history)
     assert m.history[m.best_epoch - 1]["val_metric"] == best
+    m = fit(tr, va, TrainConfig(head="mlp", patience=5, max_epochs=500, lr=1e-2))       # default: val loss
+    assert m.epochs == m.best_epoch + 5 and m.epochs < 500
+    assert m.history[m.best_epoch - 1]["val_loss"] == min(h["val_loss"] for h in m.history)
+    # the restored weights are the best epoch's: predicting val again gives that epoch's loss
+    probs = m.predict(va)
+    nll = -np.log(probs[np.arange(va.n), va.y]).mean()
+    assert nll == pytest.approx(m.history[m.best_epoch - 1]["val_loss"], rel=1e-4)
 
 
 def test_class_weights_raise_minority_recall():
