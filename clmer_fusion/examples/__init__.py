@@ -1,0 +1,1 @@
+"""Example configs for `clmer-fusion bench` (shipped as package data)."""
