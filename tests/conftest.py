@@ -14,3 +14,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 def _cache_in_tmp(tmp_path, monkeypatch):
     """A test never writes into the repository's cache/ folder by accident."""
     monkeypatch.setenv("CLMER_CACHE", str(tmp_path / "cache"))
+
+
+def pytest_collection_finish(session):
+    """Scripts folders must not be importable by name: benchmarks/distributed.py on sys.path
+    shadows the `distributed` package (Dask workers then fail to start)."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    bad = [p for p in sys.path if p and Path(p).resolve() in (root / "benchmarks", root / "manifests")]
+    assert not bad, f"a test module put {bad} on sys.path; load scripts with importlib by path instead"

@@ -7,6 +7,7 @@ real tiny.en and MiniLM, twice, and checks that the second run does no model wor
 from __future__ import annotations
 
 import copy
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -15,10 +16,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "manifests"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import meld_tts  # noqa: E402
+
+def _load(name: str, path: Path):
+    """Import a script by path. Not via sys.path: benchmarks/distributed.py would shadow the
+    `distributed` package for every later test (and Dask's spawned workers)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+meld_tts = _load("meld_tts", ROOT / "manifests" / "meld_tts.py")
 
 MELD = meld_tts.DEFAULT_MELD
 needs_meld = pytest.mark.skipif(not (MELD / "dev_sent_emo.csv").exists(), reason=f"MELD not at {MELD}")
@@ -169,7 +180,7 @@ def _record() -> dict:
 
 
 def test_report_table_and_checks():
-    import meld_e2e
+    meld_e2e = _load("meld_e2e", ROOT / "benchmarks" / "meld_e2e.py")
 
     r = _record()
     table = meld_e2e.results_table(r)
@@ -191,7 +202,7 @@ def test_deadline_parses_utc_clock_time():
     import calendar
     import time
 
-    import meld_e2e
+    meld_e2e = _load("meld_e2e", ROOT / "benchmarks" / "meld_e2e.py")
 
     t = meld_e2e._deadline("05:20")
     g = time.gmtime(t)
@@ -204,7 +215,7 @@ def test_deadline_parses_utc_clock_time():
 @needs_meld
 @needs_tools
 def test_twelve_meld_clips_end_to_end_twice(tmp_path):
-    import meld_e2e
+    meld_e2e = _load("meld_e2e", ROOT / "benchmarks" / "meld_e2e.py")
     from clmer_features.testing import minilm_dir
     from clmer_features.testing_audio import faster_whisper_tiny_en
 
