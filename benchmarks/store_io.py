@@ -184,9 +184,11 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     header = (
         f"# Store I/O benchmark\n\n{args.clips} clips, {total_rows} rows x {D} float16 ({nbytes / 1e6:.0f} MB); "
-        f"parts of {PART_CLIPS} clips. Machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}. "
+        f"parts of {PART_CLIPS} clips. Machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"load average at the end {load} (the machine is shared). "
         f"Reads: best of 3 (cold: best of 2 after posix_fadvise DONTNEED); writes: one each, into the page cache, then with os.sync to disk. One run of `python benchmarks/store_io.py`.\n\n"
     )
     table = "| case | method | seconds | MB/s | ratio |\n|---|---|---:|---:|---|\n" + "".join(
