@@ -220,7 +220,6 @@ def run_demo(workdir: str | Path, n_clips: int = 32, models_dir: str | Path | No
 
     import logging
 
-    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per clip otherwise
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.WARNING))  # funasr's load chatter
     workdir = Path(workdir)
     t0 = time.perf_counter()

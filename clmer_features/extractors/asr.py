@@ -181,8 +181,13 @@ class AsrExtractor(Extractor):
         self._check_precision()
         ensure_offline()
         if backend == "faster-whisper":
+            import logging
+
             import torch
             from faster_whisper import WhisperModel
+
+            # it logs one INFO line per clip ("Processing audio with duration ..."): our bar says it
+            logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
             dev = "cuda" if str(self.device).startswith("cuda") else "cpu"
             index = int(str(self.device).split(":")[1]) if ":" in str(self.device) else 0
