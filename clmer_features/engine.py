@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ PartitionRunner = Callable[[str, list[tuple[list[dict[str, Any]], list["Partitio
 
 # (feature, model_dir, device, params json) -> extractor instance, loaded at most once per process.
 MODEL_CACHE: dict[tuple[str, str, str, str], Extractor] = {}
+_LOADED: "weakref.WeakSet[Extractor]" = weakref.WeakSet()  # extractors whose load() this process has run
 
 
 # --------------------------------------------------------------------------- set-up
@@ -81,6 +83,7 @@ def clear_model_cache() -> None:
         except Exception:  # noqa: BLE001 - best effort
             pass
     MODEL_CACHE.clear()
+    _LOADED.clear()
 
 
 def build_extractors(
@@ -213,10 +216,11 @@ def run_task(task: PartitionTask, part: Any, clips: list[DecodedClip], stats: Fe
             stats.failed += 1
     if not ready:
         return
-    if stats.load_s == 0.0:
+    if ext not in _LOADED:  # count a load once per process, not once per run
         t0 = time.perf_counter()
         ext.load()
-        stats.load_s = max(time.perf_counter() - t0, 1e-9)
+        stats.load_s += max(time.perf_counter() - t0, 1e-9)
+        _LOADED.add(ext)
     t0 = time.perf_counter()
     try:
         outs = ext.extract(ready)

@@ -240,3 +240,11 @@ def test_file_gone_after_the_manifest_was_read(tiny_models, media, tmp_path):
     assert (s.features["siglip"].done, s.features["siglip"].failed) == (1, 1)
     led = ledger_of(tmp_path / "cache", "siglip")
     assert led["gone"]["stage"] == "decode" and "file not found" in led["gone"]["message"]
+
+
+def test_models_loaded_counts_loads_not_runs(tiny_models, manifest, tmp_path):
+    """A second run in the same process (new work, models already cached) loads nothing."""
+    extract(manifest, ["siglip"], tmp_path / "a", models_dir=tiny_models, device="cpu", progress=False)
+    s2 = extract(manifest, ["siglip"], tmp_path / "b", models_dir=tiny_models, device="cpu", progress=False)
+    assert s2.features["siglip"].done == 6
+    assert s2.models_loaded == 0 and s2.features["siglip"].load_s == 0.0
