@@ -123,5 +123,13 @@ def file_checksums(folder: Path, exclude: tuple[str, ...] = (PART_FILE,)) -> dic
     return out
 
 
+def committed_parts(feature_path: Path) -> list[Path]:
+    """A feature spec's committed part folders, sorted (temporary ones are not parts yet)."""
+    parts = feature_path / PARTS_DIR
+    if not parts.is_dir():
+        return []
+    return sorted(p for p in parts.iterdir() if p.is_dir() and not p.name.startswith(TMP_PREFIX))
+
+
 def empty_ledger() -> pl.DataFrame:
     return pl.DataFrame(schema=LEDGER_SCHEMA)

@@ -49,7 +49,7 @@ def status(store: Store, clips: pl.DataFrame | None = None) -> list[FeatureStatu
         n_abs = int((failed["kind"] == "absent").sum())
         done = len(wanted & done_keys)
         finalized_parts = L.read_json(s.path / L.COMPLETE_FILE)["parts"] if s.complete else 0
-        parts = [p for p in (s.path / L.PARTS_DIR).iterdir() if p.is_dir() and not p.name.startswith(L.TMP_PREFIX)]
+        parts = L.committed_parts(s.path)
         out.append(
             FeatureStatus(
                 feature=s.feature,
@@ -94,8 +94,7 @@ def verify(store: Store, progress: bool = False) -> VerifyReport:
                 rep.problems.append(f"{where}: {L.INDEX_FILE} does not match {L.COMPLETE_FILE} (rerun extract to refinalize)")
         else:
             rep.problems.append(f"{where}: not finalized (no {L.COMPLETE_FILE})")
-        parts_dir = s.path / L.PARTS_DIR
-        parts = sorted(p for p in parts_dir.iterdir() if p.is_dir() and not p.name.startswith(L.TMP_PREFIX))
+        parts = L.committed_parts(s.path)
         for part in tqdm(parts, desc=f"verify {where}", unit="part", disable=not progress, leave=False):
             rep.checked_parts += 1
             meta_path = part / L.PART_FILE

@@ -9,7 +9,6 @@ crash leaves only a temporary folder, which readers ignore and ``gc`` removes.
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -17,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -287,7 +286,7 @@ class FeatureWriter:
         self.parts_dir.mkdir(exist_ok=True)
 
     def committed_parts(self) -> list[Path]:
-        return sorted(p for p in self.parts_dir.iterdir() if p.is_dir() and not p.name.startswith(L.TMP_PREFIX))
+        return L.committed_parts(self.dir)
 
     def done_keys(self, include_failed: bool = True) -> set[str]:
         """Clip keys already in committed parts (successes, and failures unless told otherwise)."""
@@ -330,13 +329,13 @@ def _part_index(part: Path) -> pl.DataFrame:
 def finalize_feature(store_root: Path, feature: str, spec_id: str) -> FinalizeSummary:
     """Rebuild index, records and failures from the committed parts; write COMPLETE.json last."""
     fdir = L.feature_dir(store_root, feature, spec_id)
-    parts_dir = fdir / L.PARTS_DIR
-    parts = sorted(p for p in parts_dir.iterdir() if p.is_dir() and not p.name.startswith(L.TMP_PREFIX))
+    parts = L.committed_parts(fdir)
     for p in parts:
         if not (p / L.PART_FILE).exists():
             raise StoreError(f"{p}: part has no {L.PART_FILE}; it was not written by clmer (run `clmer-features verify`)")
 
-    index = pl.concat([_part_index(p) for p in parts], how="vertical") if parts else _part_index(parts_dir / "none")
+    empty = pl.DataFrame(schema={**_PART_INDEX_SCHEMA, "part": pl.Utf8}).select("clip_key", "clip_id", "part", "row_start", "row_end", "item")
+    index = pl.concat([empty, *(_part_index(p) for p in parts)], how="vertical")
     before = index.height
     index = index.unique(subset="clip_key", keep="first", maintain_order=True)
     duplicates = before - index.height
@@ -391,13 +390,3 @@ def part_name(clip_keys: list[str], prefix: str = "p") -> str:
 
     h = hashlib.sha256("\n".join(sorted(clip_keys)).encode()).hexdigest()[:16]
     return f"{prefix}-{h}"
-
-
-def iter_part_dirs(fdir: Path) -> Iterator[Path]:
-    parts = fdir / L.PARTS_DIR
-    if parts.is_dir():
-        yield from sorted(p for p in parts.iterdir() if p.is_dir())
-
-
-def describe_part(part: Path) -> dict[str, Any]:
-    return json.loads((part / L.PART_FILE).read_text())
