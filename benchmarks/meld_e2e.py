@@ -14,7 +14,10 @@ Stages (each one cached, so a rerun with nothing changed does no model work):
 4. ASR word error rate against the MELD text;
 5. the fusion grid (``clmer_fusion.bench.run_grid``): heads x all modality subsets x seeds
    on the manifest's splits (train / dev for early stopping / test), exact Shapley per head;
-   the same heads on the reference text as the ceiling.
+   the same heads on the reference text as the ceiling;
+6. where the gap is: the same heads on three derived texts (the reference without punctuation,
+   the ASR words without punctuation, the ASR words with the reference's final mark put back)
+   and the confusion of final marks ('!', '?', '.') between reference and transcript.
 
 The results table (everything but wall-clock timings) is a pure function of the
 manifests, the store and the config; ``--compare`` checks that two runs give the
@@ -186,6 +189,80 @@ def grid(manifest: Path, store_dir: Path, features: list[str], heads: list[str],
             "grid_seconds": res.seconds, "rows_digest": res.record["rows_digest"]}
 
 
+# --------------------------------------------------------------------------- where the gap is
+DIAG = {  # name -> what its text is; each is a text-only manifest, bert + the same heads
+    "ref_words": "reference text, words only (no punctuation)",
+    "asr_words": "ASR transcript, words only (no punctuation)",
+    "asr_words_ref_mark": "ASR words + the reference's final mark (oracle punctuation)",
+}
+MARKS = ("!", "?", ".")
+
+
+def final_mark(text: str | None) -> str:
+    """The sentence-final mark of ``text``: '!', '?', '.' or '' (closing quotes skipped; 'What?!' -> '!')."""
+    t = (text or "").strip().rstrip("\"')]}\u201d\u2019 ")
+    i = len(t)
+    while i > 0 and t[i - 1] in "!?.\u2026":
+        i -= 1
+    tail = t[i:].replace("\u2026", ".")
+    return tail[-1] if tail else ""
+
+
+def diag_text(words: str, mark: str = "") -> str:
+    """A diagnostic clip text: the words plus an optional final mark; '.' when that is empty (one
+    constant text for 'nothing heard', as the missing-text embedding is in the ASR grid)."""
+    return (words + mark) or "."
+
+
+def mark_confusion(refs: list[str], hyps: list[str]) -> dict[str, dict[str, int]]:
+    """{reference final mark: {transcript final mark: count}} over clips ('' = no mark)."""
+    out: dict[str, dict[str, int]] = {}
+    for r, h in zip(refs, hyps):
+        row = out.setdefault(final_mark(r), {})
+        row[final_mark(h)] = row.get(final_mark(h), 0) + 1
+    return out
+
+
+def write_diag_manifests(m: Any, store_dir: Path) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
+    """The three diagnostic text manifests (OUT/diag_<name>.csv) and the final-mark confusion."""
+    import polars as pl
+
+    from clmer_features.manifest import read_manifest
+    from clmer_features.store import open_store
+    from clmer_features.testing_audio import normalize_words
+
+    man = read_manifest(m.manifest)
+    rec = open_store(store_dir, man.dataset).feature("asr").records().select("clip_id", "text")
+    text = pl.read_csv(m.text_manifest, schema_overrides={"clip_id": pl.Utf8, "text": pl.Utf8})
+    df = text.join(rec.rename({"text": "asr"}), on="clip_id", how="left")
+    refs, hyps = df["text"].to_list(), [h or "" for h in df["asr"].to_list()]
+    ref_w = [" ".join(normalize_words(t)) for t in refs]
+    asr_w = [" ".join(normalize_words(h)) for h in hyps]
+    texts = {"ref_words": [diag_text(w) for w in ref_w], "asr_words": [diag_text(w) for w in asr_w],
+             "asr_words_ref_mark": [diag_text(w, final_mark(r)) for w, r in zip(asr_w, refs)]}
+    paths = {}
+    for name, values in texts.items():
+        path = m.out / f"diag_{name}.csv"
+        meld_tts._write_csv(path, df.drop("asr").columns,
+                            df.drop("asr").with_columns(pl.Series("text", values)).iter_rows(named=True))
+        paths[name] = path
+    return paths, mark_confusion(refs, hyps)
+
+
+def diagnose(m: Any, store_dir: Path, overrides: dict[str, Path], heads: list[str], seeds: list[int],
+             out: Path, progress: bool) -> dict[str, Any]:
+    """Where the ASR text loses weighted-F1: the same heads on words-only and oracle-punctuation texts."""
+    from clmer_features.engine import extract
+
+    paths, confusion = write_diag_manifests(m, store_dir)
+    res: dict[str, Any] = {"confusion": confusion, "extract": {}, "grids": {}}
+    for name, path in paths.items():
+        res["extract"][name] = summary_dict(extract(path, ["bert"], store_dir, model_overrides=overrides,
+                                                    device="cpu", progress=progress))
+        res["grids"][name] = grid(path, store_dir, ["bert"], heads, seeds, out / "bench" / f"diag_{name}", progress)
+    return res
+
+
 # --------------------------------------------------------------------------- the table
 def results_table(r: dict[str, Any]) -> str:
     """The one table (Markdown) of a run: deterministic content only (no wall-clock numbers)."""
@@ -210,6 +287,19 @@ def results_table(r: dict[str, Any]) -> str:
     for row in ceil["rows"]:
         lines.append(f"| ceiling: reference text (no ASR) | {row['head']} | text | {row['n']} | {_pm(row, 'war')} | "
                      f"{_pm(row, 'uar')} | {_pm(row, 'weighted_f1')} | 1.000 |")
+    diag = r.get("diag")
+    if diag:
+        for name, what in DIAG.items():
+            for row in diag["grids"][name]["rows"]:
+                base = ceil_by_head[row["head"]]["weighted_f1"]
+                lines.append(f"| gap diagnosis: {what} | {row['head']} | text | {row['n']} | {_pm(row, 'war')} | "
+                             f"{_pm(row, 'uar')} | {_pm(row, 'weighted_f1')} | {row['weighted_f1'] / base:.3f} |")
+        conf = diag["confusion"]
+        cells = "; ".join(f"'{k}' {sum(conf.get(k, {}).values())} -> kept {conf.get(k, {}).get(k, 0)}, "
+                          + ", ".join(f"'{h or 'none'}' {n}" for h, n in sorted(conf.get(k, {}).items(), key=lambda t: -t[1])
+                                      if h != k)
+                          for k in MARKS)
+        lines.append(f"| final marks, reference -> ASR transcript (all clips) | - | {cells} | - | - | - | - | - |")
     for key, v in asr["shapley"].items():
         head = key.split("/")[-1]
         phi, shares = v["phi"], v["shares"]
@@ -231,9 +321,16 @@ def checks(r: dict[str, Any]) -> dict[str, Any]:
     ratio = {row["head"]: row["weighted_f1"] / ceil[row["head"]]
              for row in r["grid_asr"]["rows"] if row["subset"] == "bert" and row["head"] in ceil}
     top = {k.split("/")[-1]: max(v["phi"], key=v["phi"].get) for k, v in r["grid_asr"]["shapley"].items()}
-    return {"asr_keeps_wf1": {h: round(v, 4) for h, v in ratio.items()},
-            "asr_keeps_90pct": all(v >= 0.90 for v in ratio.values()),
-            "largest_shapley": top, "text_largest": all(v == "bert" for v in top.values())}
+    out = {"asr_keeps_wf1": {h: round(v, 4) for h, v in ratio.items()},
+           "asr_keeps_90pct": all(v >= 0.90 for v in ratio.values()),
+           "largest_shapley": top, "text_largest": all(v == "bert" for v in top.values())}
+    if r.get("diag"):
+        d = {n: {row["head"]: row["weighted_f1"] for row in r["diag"]["grids"][n]["rows"]} for n in DIAG}
+        out["gap"] = {h: {"ref_words_vs_ref": round(d["ref_words"][h] / ceil[h], 4),
+                          "asr_words_vs_ref_words": round(d["asr_words"][h] / d["ref_words"][h], 4),
+                          "asr_words_ref_mark_vs_ref": round(d["asr_words_ref_mark"][h] / ceil[h], 4)}
+                      for h in ceil if all(h in v for v in d.values())}
+    return out
 
 
 def timing_lines(r: dict[str, Any]) -> list[str]:
@@ -252,6 +349,11 @@ def timing_lines(r: dict[str, Any]) -> list[str]:
     fb = c["features"]["bert"]
     out.append(f"- ceiling bert on reference text: done {fb['done']}, skipped {fb['skipped']}, "
                f"model {fb['model_s']:.1f} s, wall {c['wall_s']:.1f} s")
+    if r.get("diag"):
+        ds = {n: x["features"]["bert"] for n, x in r["diag"]["extract"].items()}
+        out.append("- gap diagnosis bert on three derived texts: " + ", ".join(
+            f"{n} done {f['done']} (model {f['model_s']:.1f} s)" for n, f in ds.items())
+            + f"; grids {sum(g['grid_seconds'] for g in r['diag']['grids'].values()):.1f} s")
     out.append(f"- fusion grids: ASR {r['grid_asr']['grid_seconds']:.1f} s, reference text "
                f"{r['grid_text']['grid_seconds']:.1f} s; whole run {r['total_s']:.1f} s")
     return out
@@ -286,10 +388,11 @@ def run(out: Path, *, train: int, limit: int | None, seeds: list[int], heads: li
     wer = asr_quality(m, store_dir)
     g_asr = grid(m.manifest, store_dir, MODALITIES, heads, seeds, out / "bench" / "asr", progress)
     g_text = grid(m.text_manifest, store_dir, ["bert"], heads, seeds, out / "bench" / "text", progress)
+    diag = diagnose(m, store_dir, overrides, heads, seeds, out, progress)
     counts = read_manifest(m.manifest).df.group_by("split").agg(pl.len()).rows()
     r: dict[str, Any] = {"clips": m.rows, "target_clips": target, "split_counts": dict(counts), "seeds": seeds,
                          "heads": heads, "train": train, "limit": limit, "media": media, "extract": ext,
-                         "extract_text": ext_text, "wer": wer, "grid_asr": g_asr, "grid_text": g_text,
+                         "extract_text": ext_text, "wer": wer, "grid_asr": g_asr, "grid_text": g_text, "diag": diag,
                          "models": {k: str(v) for k, v in overrides.items()}, "asr_params": ASR_PARAMS,
                          "versions": package_versions(), "revision": git_revision(ROOT), "machine": machine()}
     r["table"] = results_table(r)
@@ -303,7 +406,9 @@ def same_results(first: dict[str, Any], second: dict[str, Any]) -> bool:
     """The two runs' tables (made by this code from their records) and every per-seed metric row
     of both grids (``rows_digest``) are identical."""
     return (results_table(first) == results_table(second)
-            and all(first[g]["rows_digest"] == second[g]["rows_digest"] for g in ("grid_asr", "grid_text")))
+            and all(first[g]["rows_digest"] == second[g]["rows_digest"] for g in ("grid_asr", "grid_text"))
+            and all(first["diag"]["grids"][n]["rows_digest"] == second["diag"]["grids"][n]["rows_digest"]
+                    for n in DIAG))
 
 
 def speed_rows(first: dict[str, Any]) -> list[str]:
@@ -343,6 +448,14 @@ def write_md(path: Path, first: dict[str, Any], second: dict[str, Any] | None, n
     c = r["checks"]
     lines.append(f"- ASR text keeps {', '.join(f'{h} {v:.1%}' for h, v in c['asr_keeps_wf1'].items())} of the "
                  f"reference-text weighted-F1 (>= 90% on every head: {'yes' if c['asr_keeps_90pct'] else 'NO'}).")
+    if c.get("gap"):
+        def pct(key: str) -> str:
+            return ", ".join(f"{h} {v[key]:.1%}" for h, v in c["gap"].items())
+
+        lines.append("- Where the gap is (weighted-F1 ratios, same heads): the reference text without its punctuation "
+                     f"keeps {pct('ref_words_vs_ref')} of the reference; the ASR words keep "
+                     f"{pct('asr_words_vs_ref_words')} of the reference words; the ASR words with the reference's "
+                     f"final mark put back keep {pct('asr_words_ref_mark_vs_ref')} of the reference.")
     lines.append(f"- Largest Shapley share per head: {', '.join(f'{h}: {ROLE[m]}' for h, m in c['largest_shapley'].items())}"
                  f" (text largest on every head: {'yes' if c['text_largest'] else 'NO'}).")
     if second is not None:

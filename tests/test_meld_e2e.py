@@ -198,6 +198,35 @@ def test_report_table_and_checks():
     assert meld_e2e.results_table(worse) != table
 
 
+def test_final_marks_and_their_confusion():
+    meld_e2e = _load("meld_e2e", ROOT / "benchmarks" / "meld_e2e.py")
+
+    cases = {"What?!": "!", "Oh my God!": "!", "Hmm\u2026": ".", "You\u2019re kidding me.\u201d": ".",
+             "Wait... what?": "?", "Okay!! ": "!", "no mark": "", "": "", None: ""}
+    assert {t: meld_e2e.final_mark(t) for t in cases} == cases
+    conf = meld_e2e.mark_confusion(["A!", "B!", "C?", "D."], ["a.", "b!", "c?", ""])
+    assert conf == {"!": {".": 1, "!": 1}, "?": {"?": 1}, ".": {"": 1}}
+    assert meld_e2e.diag_text("oh my god", "!") == "oh my god!"
+    assert meld_e2e.diag_text("", "") == "." and meld_e2e.diag_text("", "?") == "?"
+
+
+def test_report_shows_where_the_gap_is():
+    meld_e2e = _load("meld_e2e", ROOT / "benchmarks" / "meld_e2e.py")
+
+    r = _record()
+    wf1 = {"ref_words": (0.4, 0.4), "asr_words": (0.36, 0.38), "asr_words_ref_mark": (0.47, 0.45)}
+    r["diag"] = {"confusion": {"!": {".": 8, "!": 2}, "?": {"?": 5, ".": 5}, ".": {".": 20}},
+                 "grids": {n: {"rows": [{**row, "weighted_f1": v} for row, v in
+                                        zip(r["grid_text"]["rows"], wf1[n])]} for n in meld_e2e.DIAG}}
+    table = meld_e2e.results_table(r)
+    assert "| gap diagnosis: ASR words + the reference's final mark (oracle punctuation) | linear | text |" in table
+    assert "| 0.4700 ± 0.0200 | 0.940 |" in table  # 0.47 / 0.50
+    assert "'!' 10 -> kept 2, '.' 8; '?' 10 -> kept 5, '.' 5; '.' 20 -> kept 20" in table
+    gap = meld_e2e.checks(r)["gap"]
+    assert gap["linear"] == {"ref_words_vs_ref": 0.8, "asr_words_vs_ref_words": 0.9, "asr_words_ref_mark_vs_ref": 0.94}
+    assert gap["mlp"]["asr_words_vs_ref_words"] == round(0.38 / 0.4, 4)
+
+
 def test_deadline_parses_utc_clock_time():
     import calendar
     import time
@@ -233,11 +262,20 @@ def test_twelve_meld_clips_end_to_end_twice(tmp_path):
     assert set(first["grid_asr"]["shapley"]["splits/linear"]["phi"]) == {"bert", "emotion2vec", "siglip"}
     # the ceiling's bert read the manifest text, the ASR run's bert the transcripts: different specs
     assert first["grid_asr"]["spec_ids"]["bert"] != first["grid_text"]["spec_ids"]["bert"]
+    # the gap diagnosis: three derived text-only manifests, each through bert and the same heads
+    diag = first["diag"]
+    assert set(diag["grids"]) == set(meld_e2e.DIAG) and all(len(g["rows"]) == 1 for g in diag["grids"].values())
+    assert all(e["features"]["bert"]["done"] == 12 for e in diag["extract"].values())
+    assert sum(n for row in diag["confusion"].values() for n in row.values()) == 12
+    oracle = (tmp_path / "diag_asr_words_ref_mark.csv").read_text(encoding="utf-8")
+    assert "clip_id,text," in oracle.splitlines()[0]
+    assert set(first["checks"]["gap"]) == {"linear"}
 
     second = meld_e2e.run(tmp_path, **kw)
     assert second["extract"]["models_loaded"] == 0 and second["extract_text"]["models_loaded"] == 0
     assert second["media"]["made"] == 0
     assert all(f["done"] == 0 and f["skipped"] == 12 for f in second["extract"]["features"].values())
+    assert all(e["models_loaded"] == 0 for e in second["diag"]["extract"].values())
     assert second["table"] == first["table"]
     meld_e2e.write_md(tmp_path / "report.md", first, second)
     text = (tmp_path / "report.md").read_text()
