@@ -42,6 +42,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import meld_tts  # noqa: E402  (manifests/ is a folder of scripts, not a package)
 
+from clmer_features.testing_audio import MARKS, final_mark  # noqa: E402
+
 FEATURES = ["siglip", "emotion2vec", "asr", "bert"]
 MEDIA_FEATURES = ["siglip", "emotion2vec", "asr"]
 MODALITIES = ["bert", "emotion2vec", "siglip"]          # text, audio, visual
@@ -195,17 +197,6 @@ DIAG = {  # name -> what its text is; each is a text-only manifest, bert + the s
     "asr_words": "ASR transcript, words only (no punctuation)",
     "asr_words_ref_mark": "ASR words + the reference's final mark (oracle punctuation)",
 }
-MARKS = ("!", "?", ".")
-
-
-def final_mark(text: str | None) -> str:
-    """The sentence-final mark of ``text``: '!', '?', '.' or '' (closing quotes skipped; 'What?!' -> '!')."""
-    t = (text or "").strip().rstrip("\"')]}\u201d\u2019 ")
-    i = len(t)
-    while i > 0 and t[i - 1] in "!?.\u2026":
-        i -= 1
-    tail = t[i:].replace("\u2026", ".")
-    return tail[-1] if tail else ""
 
 
 def diag_text(words: str, mark: str = "") -> str:

@@ -377,6 +377,19 @@ def normalize_words(text: str) -> list[str]:
     return [_NUMBER_WORDS.get(w, w) for w in words if w]
 
 
+MARKS = ("!", "?", ".")  # sentence-final marks that ASR may or may not write back
+
+
+def final_mark(text: str | None) -> str:
+    """The sentence-final mark of ``text``: '!', '?', '.' or '' (closing quotes skipped; 'What?!' -> '!')."""
+    t = (text or "").strip().rstrip("\"')]}\u201d\u2019 ")
+    i = len(t)
+    while i > 0 and t[i - 1] in "!?.\u2026":
+        i -= 1
+    tail = t[i:].replace("\u2026", ".")
+    return tail[-1] if tail else ""
+
+
 def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
     """(edit distance in words, number of reference words) after normalising both."""
     ref, hyp = normalize_words(reference), normalize_words(hypothesis)

@@ -227,6 +227,24 @@ def test_report_shows_where_the_gap_is():
     assert gap["mlp"]["asr_words_vs_ref_words"] == round(0.38 / 0.4, 4)
 
 
+def test_asr_punctuation_scores_marks_and_exaggerates_only_exclamations():
+    bench = _load("asr_punctuation", ROOT / "benchmarks" / "asr_punctuation.py")
+
+    s = bench.mark_scores(["A!", "B!", "C?", "D.", "E."], ["a!", "b.", "c!", "d.", "e."])
+    assert s["!"] == {"ref": 2, "hyp": 2, "both": 1, "recall": 0.5, "precision": 0.5}
+    assert s["?"]["recall"] == 0.0 and s["?"]["hyp"] == 0 and s["."]["recall"] == 1.0
+    row = {"clip_id": "x", "speaker": "Joey", "text": "How you doin\u2019 & stuff!"}
+    voice, rate, pitch = meld_tts.voice_for("Joey")
+    plain, loud = bench.espeak_args(row, False), bench.espeak_args(row, True)
+    assert plain == ["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch), "--", "How you doin' & stuff!"]
+    assert loud[-3] == "-m" and loud[-1].startswith('<speak><prosody pitch="x-high"') and "&amp; stuff!" in loud[-1]
+    assert bench.espeak_args({**row, "text": "Fine."}, True) == bench.espeak_args({**row, "text": "Fine."}, False)
+    res = [{"config": c, "wer": 0.2, "s_per_clip": 0.3, "marks": bench.mark_scores(["A!", "B?"], h)}
+           for c, h in (("base", ["a!", "b."]), ("other", ["a!", "b?"]))]
+    t = bench.table(res)
+    assert "| other | 1/1 = 1.00 | 1.00 | 1.00 | 1.00 |" in t and t.count("1.0x") == 2
+
+
 def test_deadline_parses_utc_clock_time():
     import calendar
     import time

