@@ -428,7 +428,8 @@ def write_md(path: Path, first: dict[str, Any], second: dict[str, Any] | None, n
             "before the deadline; the clips are a prefix of the planned list, which interleaves the splits in "
             "proportion, so this is a proportional slice of the full set.")
     lines = ["# MELD end to end: spoken, filmed, extracted, learned, scored, explained", "",
-             f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs (shared with other jobs), no GPU.",
+             f"Machine: {r['machine']['platform']}, {r['machine']['cpus']} CPUs, "
+             f"{'a CUDA GPU' if r['machine'].get('cuda') else 'no GPU'}.",
              f"Code revision {r['revision'].get('commit', '?')[:12]}"
              f"{' (with uncommitted changes)' if r['revision'].get('dirty') else ''}; "
              f"made by `benchmarks/meld_e2e.py` (run record: `meld_e2e_record.json`).", "",
