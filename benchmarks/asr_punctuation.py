@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", action="append", default=[], help="NAME=DIR: another faster-whisper folder to try")
     ap.add_argument("--work", default=str(ROOT / "cache" / "asr_punctuation"), help="wav cache (git-ignored)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--note", default="", help="a paragraph added to the report under the table")
     a = ap.parse_args(argv)
     from faster_whisper import WhisperModel
 
@@ -166,13 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     mach = machine()
     (out / "asr_punctuation.json").write_text(json.dumps({"machine": mach, "per_mark": a.per_mark, "seed": a.seed,
-                                                          "prompt": PROMPT, "loud": LOUD, "results": results}, indent=2))
+                                                          "prompt": PROMPT, "loud": LOUD, "models": a.model,
+                                                          "results": results}, indent=2))
     (out / "asr_punctuation.md").write_text(
         "# Final marks through espeak-ng speech and faster-whisper\n\n"
         f"Machine: {mach['platform']}, {mach['cpus']} CPUs, no GPU. Made by `benchmarks/asr_punctuation.py` "
         f"(one run; JSON beside this file). {len(rows)} MELD test utterances, {a.per_mark} per final mark "
         f"(seed {a.seed}); prompt: \"{PROMPT}\"; loud '!' speech: SSML prosody pitch {LOUD[0]}, volume {LOUD[1]}, "
-        f"rate {LOUD[2]}. Precision counts only this sample's three marks.\n\n" + t + "\n")
+        f"rate {LOUD[2]}. Precision counts only this sample's three marks."
+        + "".join(f" Model {spec.partition('=')[0]}: `{spec.partition('=')[2]}`." for spec in a.model) + "\n\n" + t + "\n" + (f"\n{a.note}\n" if a.note else ""))
     print(f"wrote {out / 'asr_punctuation.md'}")
     return 0
 
