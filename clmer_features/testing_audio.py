@@ -330,16 +330,17 @@ def speak_to_wav(text: str, path: str | Path, *, voice: str = "en-us", rate: int
     return path
 
 
-def speak(text: str, *, voice: str = "en-us", rate: int = 150) -> np.ndarray:
-    """Synthesise ``text`` with espeak-ng; float32 mono samples at 16 kHz."""
+def speak(text: str, *, voice: str = "en-us", rate: int = 150, pitch: int | None = None,
+          ssml: bool = False) -> np.ndarray:
+    """Synthesise ``text`` with espeak-ng (``pitch`` 0-99; ``ssml``: ``text`` is SSML markup);
+    float32 mono samples at 16 kHz."""
     espeak = shutil.which("espeak-ng")
     ffmpeg = shutil.which("ffmpeg")
     if espeak is None or ffmpeg is None:
         raise RuntimeError("speech synthesis needs espeak-ng and ffmpeg on PATH")
-    wav = subprocess.run(
-        [espeak, "-v", voice, "-s", str(rate), "--stdout", text],
-        check=True, capture_output=True,
-    ).stdout
+    args = [espeak, "-v", voice, "-s", str(rate), *(["-p", str(pitch)] if pitch is not None else []),
+            *(["-m"] if ssml else []), "--stdout", "--", text]
+    wav = subprocess.run(args, check=True, capture_output=True).stdout
     raw = subprocess.run(
         [ffmpeg, "-v", "error", "-i", "pipe:0", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"],
         input=wav, check=True, capture_output=True,

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,14 +236,28 @@ def test_asr_punctuation_scores_marks_and_exaggerates_only_exclamations():
     assert s["?"]["recall"] == 0.0 and s["?"]["hyp"] == 0 and s["."]["recall"] == 1.0
     row = {"clip_id": "x", "speaker": "Joey", "text": "How you doin\u2019 & stuff!"}
     voice, rate, pitch = meld_tts.voice_for("Joey")
-    plain, loud = bench.espeak_args(row, False), bench.espeak_args(row, True)
-    assert plain == ["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch), "--", "How you doin' & stuff!"]
-    assert loud[-3] == "-m" and loud[-1].startswith('<speak><prosody pitch="x-high"') and "&amp; stuff!" in loud[-1]
-    assert bench.espeak_args({**row, "text": "Fine."}, True) == bench.espeak_args({**row, "text": "Fine."}, False)
+    plain, loud = bench.speech(row, False), bench.speech(row, True)
+    assert plain == {"voice": voice, "rate": rate, "pitch": pitch, "ssml": False, "text": "How you doin' & stuff!"}
+    assert loud["ssml"] and loud["text"].startswith('<speak><prosody pitch="x-high"') and "&amp; stuff!" in loud["text"]
+    assert {k: v for k, v in loud.items() if k not in ("ssml", "text")} == {"voice": voice, "rate": rate, "pitch": pitch}
+    assert bench.speech({**row, "text": "Fine."}, True) == bench.speech({**row, "text": "Fine."}, False)
     res = [{"config": c, "wer": 0.2, "s_per_clip": 0.3, "marks": bench.mark_scores(["A!", "B?"], h)}
            for c, h in (("base", ["a!", "b."]), ("other", ["a!", "b?"]))]
     t = bench.table(res)
     assert "| other | 1/1 = 1.00 | 1.00 | 1.00 | 1.00 |" in t and t.count("1.0x") == 2
+
+
+@needs_tools
+def test_speak_takes_pitch_and_reads_ssml_as_markup():
+    from clmer_features.testing_audio import speak
+
+    plain = speak("hello there", pitch=50)
+    markup = "<speak>hello there</speak>"
+    assert abs(len(speak(markup, ssml=True, pitch=50)) - len(plain)) < 0.1 * len(plain)  # the tags are not read
+    assert len(speak(markup, pitch=50)) > 1.3 * len(plain)  # without ssml they are
+    assert len(speak('<speak><prosody rate="x-slow">hello there</prosody></speak>', ssml=True, pitch=50)) > 1.3 * len(plain)
+    assert not np.array_equal(speak("hello there", pitch=90)[:len(plain)], plain[:len(speak("hello there", pitch=90))])
+    assert len(speak("-v is not an option here")) > 0  # the text comes after '--'
 
 
 def test_deadline_parses_utc_clock_time():
