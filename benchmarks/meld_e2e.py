@@ -142,18 +142,26 @@ def extract_growing(out: Path, overrides: dict[str, Path], store_dir: Path, *, t
     return k, media, ext
 
 
-def asr_quality(m: Any, store_dir: Path) -> dict[str, Any]:
-    """Corpus WER of the stored transcripts against the MELD text, per split and overall."""
+def transcripts(m: Any, store_dir: Path) -> Any:
+    """One row per manifest clip: clip_id, split, reference_text and the stored transcript ``text``
+    (null where the asr feature has none)."""
     import polars as pl
 
     from clmer_features.manifest import read_manifest
     from clmer_features.store import open_store
-    from clmer_features.testing_audio import word_errors
 
     man = read_manifest(m.manifest)
     rec = open_store(store_dir, man.dataset).feature("asr").records().select("clip_id", "text")
     ref = pl.read_csv(m.reference, schema_overrides={"clip_id": pl.Utf8, "reference_text": pl.Utf8})
-    df = man.df.select("clip_id", "split").join(ref, on="clip_id", how="left").join(rec, on="clip_id", how="left")
+    return man.df.select("clip_id", "split").join(ref, on="clip_id", how="left").join(rec, on="clip_id", how="left")
+
+
+def asr_quality(df: Any) -> dict[str, Any]:
+    """Corpus WER of the transcripts (:func:`transcripts`) against the MELD text, per split and overall."""
+    import polars as pl
+
+    from clmer_features.testing_audio import word_errors
+
     out: dict[str, Any] = {}
     for name, part in [("all", df), *[(s, df.filter(pl.col("split") == s)) for s in ("train", "valid", "test")]]:
         errors = words = empty = missing = 0
@@ -209,23 +217,20 @@ def mark_confusion(refs: list[str], hyps: list[str]) -> dict[str, dict[str, int]
     """{reference final mark: {transcript final mark: count}} over clips ('' = no mark)."""
     out: dict[str, dict[str, int]] = {}
     for r, h in zip(refs, hyps):
-        row = out.setdefault(final_mark(r), {})
-        row[final_mark(h)] = row.get(final_mark(h), 0) + 1
+        row, mark = out.setdefault(final_mark(r), {}), final_mark(h)
+        row[mark] = row.get(mark, 0) + 1
     return out
 
 
-def write_diag_manifests(m: Any, store_dir: Path) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
-    """The three diagnostic text manifests (OUT/diag_<name>.csv) and the final-mark confusion."""
+def write_diag_manifests(m: Any, said: Any) -> tuple[dict[str, Path], dict[str, dict[str, int]]]:
+    """The three diagnostic text manifests (OUT/diag_<name>.csv: the text manifest with its text
+    replaced) and the final-mark confusion; ``said`` is :func:`transcripts`."""
     import polars as pl
 
-    from clmer_features.manifest import read_manifest
-    from clmer_features.store import open_store
     from clmer_features.testing_audio import normalize_words
 
-    man = read_manifest(m.manifest)
-    rec = open_store(store_dir, man.dataset).feature("asr").records().select("clip_id", "text")
-    text = pl.read_csv(m.text_manifest, schema_overrides={"clip_id": pl.Utf8, "text": pl.Utf8})
-    df = text.join(rec.rename({"text": "asr"}), on="clip_id", how="left")
+    base = pl.read_csv(m.text_manifest, schema_overrides={"clip_id": pl.Utf8, "text": pl.Utf8})
+    df = base.join(said.select("clip_id", pl.col("text").alias("asr")), on="clip_id", how="left")
     refs, hyps = df["text"].to_list(), [h or "" for h in df["asr"].to_list()]
     ref_w = [" ".join(normalize_words(t)) for t in refs]
     asr_w = [" ".join(normalize_words(h)) for h in hyps]
@@ -234,18 +239,17 @@ def write_diag_manifests(m: Any, store_dir: Path) -> tuple[dict[str, Path], dict
     paths = {}
     for name, values in texts.items():
         path = m.out / f"diag_{name}.csv"
-        meld_tts._write_csv(path, df.drop("asr").columns,
-                            df.drop("asr").with_columns(pl.Series("text", values)).iter_rows(named=True))
+        meld_tts._write_csv(path, base.columns, base.with_columns(pl.Series("text", values)).iter_rows(named=True))
         paths[name] = path
     return paths, mark_confusion(refs, hyps)
 
 
-def diagnose(m: Any, store_dir: Path, overrides: dict[str, Path], heads: list[str], seeds: list[int],
+def diagnose(m: Any, said: Any, store_dir: Path, overrides: dict[str, Path], heads: list[str], seeds: list[int],
              out: Path, progress: bool) -> dict[str, Any]:
     """Where the ASR text loses weighted-F1: the same heads on words-only and oracle-punctuation texts."""
     from clmer_features.engine import extract
 
-    paths, confusion = write_diag_manifests(m, store_dir)
+    paths, confusion = write_diag_manifests(m, said)
     res: dict[str, Any] = {"confusion": confusion, "extract": {}, "grids": {}}
     for name, path in paths.items():
         res["extract"][name] = summary_dict(extract(path, ["bert"], store_dir, model_overrides=overrides,
@@ -285,11 +289,12 @@ def results_table(r: dict[str, Any]) -> str:
                 base = ceil_by_head[row["head"]]["weighted_f1"]
                 lines.append(f"| gap diagnosis: {what} | {row['head']} | text | {row['n']} | {_pm(row, 'war')} | "
                              f"{_pm(row, 'uar')} | {_pm(row, 'weighted_f1')} | {row['weighted_f1'] / base:.3f} |")
-        conf = diag["confusion"]
-        cells = "; ".join(f"'{k}' {sum(conf.get(k, {}).values())} -> kept {conf.get(k, {}).get(k, 0)}, "
-                          + ", ".join(f"'{h or 'none'}' {n}" for h, n in sorted(conf.get(k, {}).items(), key=lambda t: -t[1])
-                                      if h != k)
-                          for k in MARKS)
+        def went(k: str) -> str:
+            row = diag["confusion"].get(k, {})
+            rest = ", ".join(f"'{h or 'none'}' {n}" for h, n in sorted(row.items(), key=lambda t: -t[1]) if h != k)
+            return f"'{k}' {sum(row.values())} -> kept {row.get(k, 0)}, {rest}"
+
+        cells = "; ".join(went(k) for k in MARKS)
         lines.append(f"| final marks, reference -> ASR transcript (all clips) | - | {cells} | - | - | - | - | - |")
     for key, v in asr["shapley"].items():
         head = key.split("/")[-1]
@@ -376,10 +381,11 @@ def run(out: Path, *, train: int, limit: int | None, seeds: list[int], heads: li
     _add(ext, s)
     ext_text = summary_dict(extract(m.text_manifest, ["bert"], store_dir, model_overrides=overrides, device="cpu",
                                     progress=progress))
-    wer = asr_quality(m, store_dir)
+    said = transcripts(m, store_dir)
+    wer = asr_quality(said)
     g_asr = grid(m.manifest, store_dir, MODALITIES, heads, seeds, out / "bench" / "asr", progress)
     g_text = grid(m.text_manifest, store_dir, ["bert"], heads, seeds, out / "bench" / "text", progress)
-    diag = diagnose(m, store_dir, overrides, heads, seeds, out, progress)
+    diag = diagnose(m, said, store_dir, overrides, heads, seeds, out, progress)
     counts = read_manifest(m.manifest).df.group_by("split").agg(pl.len()).rows()
     r: dict[str, Any] = {"clips": m.rows, "target_clips": target, "split_counts": dict(counts), "seeds": seeds,
                          "heads": heads, "train": train, "limit": limit, "media": media, "extract": ext,
