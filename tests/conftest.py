@@ -16,6 +16,18 @@ def _cache_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("CLMER_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    small heads run fastest so, and do not fight other tests for the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_finish(session):
     """Scripts folders must not be importable by name: benchmarks/distributed.py on sys.path
     shadows the `distributed` package (Dask workers then fail to start)."""

@@ -14,13 +14,7 @@ from clmer_fusion.synthetic import make_synthetic
 from clmer_fusion.train import run
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small heads run fastest on one thread, and do not fight other tests for the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_classification_metrics_hand_computed():
