@@ -83,10 +83,12 @@ def mark_scores(refs: list[str], hyps: list[str]) -> dict[str, dict[str, float]]
 def run_config(name: str, model: Any, rows: list[dict[str, Any]], audio: dict[tuple[str, bool], Any], *, beam: int,
                prompt: str | None, loud: bool) -> dict[str, Any]:
     """Transcribe every row (its speech synthesised once per ``loud`` and kept in ``audio``)."""
+    from tqdm.auto import tqdm
+
     from clmer_features.testing_audio import speak, word_errors
 
     hyps, secs = [], 0.0
-    for row in rows:
+    for row in tqdm(rows, desc=name, unit="clip", leave=False):
         key = (row["clip_id"], loud)
         if key not in audio:
             audio[key] = speak(**speech(row, loud))
