@@ -7,12 +7,8 @@ import torch
 
 from clmer_features.errors import ModelNotFoundError
 from clmer_features.extractors import ClipOutput, get_extractor
-from clmer_features.extractors.emotion2vec import (
-    CheckpointMismatchError,
-    Emotion2vecExtractor,
-    NoAudioError,
-    window_bounds,
-)
+from clmer_features.extractors.emotion2vec import Emotion2vecExtractor, NoAudioError, window_bounds
+from clmer_features.models import WeightsNotLoadedError
 from clmer_features.testing_audio import audio_clip, make_tiny_emotion2vec, speak
 
 SR = 16000
@@ -135,19 +131,19 @@ def test_checkpoint_mismatch_refused(tiny_dir, tmp_path, change):
 
     bad = tmp_path / "bad"
     shutil.copytree(tiny_dir, bad)
-    ckpt = torch.load(bad / "model.pt", weights_only=False)
+    ckpt = torch.load(bad / "model.pt", weights_only=True)
     state = ckpt["model"]
     if change == "drop":
         del state["blocks.0.attn.qkv.weight"]
-        expect = "missing key.*blocks.0.attn.qkv.weight"
+        expect = r"1 model tensor\(s\) not in the checkpoint \(random weights\): blocks.0.attn.qkv.weight"
     elif change == "extra":
         state["head.weight"] = torch.zeros(3)
-        expect = "unexpected key.*head.weight"
+        expect = r"1 checkpoint tensor\(s\) the model does not use: head.weight"
     else:
         state["blocks.1.mlp.fc1.bias"] = torch.zeros(7)
-        expect = r"shape of blocks.1.mlp.fc1.bias: model \(128,\) != checkpoint \(7,\)"
+        expect = r"blocks.1.mlp.fc1.bias \(shape \(128,\) != file \(7,\)\)"
     torch.save(ckpt, bad / "model.pt")
-    with pytest.raises(CheckpointMismatchError, match=expect):
+    with pytest.raises(WeightsNotLoadedError, match="emotion2vec: model folder .*: weights not loaded: .*" + expect):
         Emotion2vecExtractor(bad).load()
 
 
@@ -156,7 +152,7 @@ def test_ema_teacher_tensors_are_not_a_mismatch(tiny_dir, tmp_path):
 
     ok = tmp_path / "ok"
     shutil.copytree(tiny_dir, ok)
-    ckpt = torch.load(ok / "model.pt", weights_only=False)
+    ckpt = torch.load(ok / "model.pt", weights_only=True)
     ckpt["model"]["_ema.blocks.0.attn.qkv.weight"] = torch.zeros(2)
     ckpt["model"] = {f"module.{k}": v for k, v in ckpt["model"].items()}  # DDP-style names
     torch.save(ckpt, ok / "model.pt")
@@ -165,6 +161,65 @@ def test_ema_teacher_tensors_are_not_a_mismatch(tiny_dir, tmp_path):
     ref = Emotion2vecExtractor(tiny_dir)
     audio = np.random.default_rng(0).normal(0, 0.1, SR).astype(np.float32)
     np.testing.assert_array_equal(ex.embed(audio).values, ref.embed(audio).values)
+
+
+def _without_init_param(src, dst):
+    """A copy of the folder whose configuration.json does not name model.pt (funasr then
+    never loads it), as many hand-made or older folders are."""
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    meta = json.loads((dst / "configuration.json").read_text())
+    del meta["file_path_metas"]["init_param"]
+    (dst / "configuration.json").write_text(json.dumps(meta))
+    return dst
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):  # unpickling creates the marker file
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_payload_in_model_pt_is_refused_and_never_runs(tiny_dir, tmp_path):
+    bad = _without_init_param(tiny_dir, tmp_path / "bad")
+    marker = tmp_path / "payload-ran"
+    ckpt = torch.load(bad / "model.pt", weights_only=True)
+    ckpt["extra"] = _Payload(marker)
+    torch.save(ckpt, bad / "model.pt")
+    with pytest.raises(WeightsNotLoadedError, match="model.pt asks to run code while loading"):
+        Emotion2vecExtractor(bad).load()
+    assert not marker.exists()
+
+
+def test_weights_are_loaded_when_funasr_would_not(tiny_dir, tmp_path):
+    """configuration.json without init_param: funasr builds a seeded random model;
+    the features must still be model.pt's (halving every weight changes them)."""
+    plain = _without_init_param(tiny_dir, tmp_path / "plain")
+    half = _without_init_param(tiny_dir, tmp_path / "half")
+    ckpt = torch.load(half / "model.pt", weights_only=True)
+    ckpt["model"] = {k: v / 2 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    torch.save(ckpt, half / "model.pt")
+    audio = np.random.default_rng(1).normal(0, 0.1, SR).astype(np.float32)
+    ref = Emotion2vecExtractor(tiny_dir).embed(audio).values
+    np.testing.assert_array_equal(Emotion2vecExtractor(plain).embed(audio).values, ref)
+    assert np.abs(Emotion2vecExtractor(half).embed(audio).values - ref).max() > 1e-3
+
+
+def test_init_param_naming_another_file_is_refused(tiny_dir, tmp_path):
+    import json
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_dir, other)
+    meta = json.loads((other / "configuration.json").read_text())
+    meta["file_path_metas"]["init_param"] = "elsewhere.pt"
+    (other / "configuration.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelNotFoundError, match="configuration.json names init_param 'elsewhere.pt'"):
+        Emotion2vecExtractor(other).load()
 
 
 def test_importing_funasr_leaves_the_root_logger_alone():
@@ -186,6 +241,7 @@ def test_importing_funasr_leaves_the_root_logger_alone():
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.split() == ["0", str(logging.WARNING)]
     assert "[INFO]" not in res.stderr and "funasr version" not in res.stdout
+    assert "trust_remote_code" not in res.stderr + res.stdout
 
 
 def test_loading_leaves_the_process_alone(tiny_dir, capsys):

@@ -28,7 +28,7 @@ import numpy as np
 from clmer_features.errors import ModelNotFoundError
 from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, register
 from clmer_features.extractors.emotion2vec import clip_audio
-from clmer_features.models import ensure_offline, weights_digest
+from clmer_features.models import ensure_offline, folder_state, prove_loaded, weights_digest
 from clmer_features.spec import FeatureSpec
 
 SAMPLE_RATE = 16000
@@ -65,6 +65,34 @@ def detect_backend(model_dir: Path) -> str:
         f"asr model folder {d} holds neither a CTranslate2 model.bin (faster-whisper) "
         "nor a transformers Whisper (config.json + *.safetensors)"
     )
+
+
+def check_ctranslate2_whisper(path: Path) -> None:
+    """Refuse a model.bin that is not a CTranslate2 Whisper model (one line).
+
+    What is proven for this backend, and why it is enough: model.bin is CTranslate2's
+    own flat format (version, spec name, then named arrays with shape, dtype and raw
+    bytes), parsed by C++: no pickle, nothing in the file runs. CTranslate2 has no
+    random initialisation: the model is built from the file's arrays, and a variable
+    missing from the file is an error at load. The spec's digest covers the bytes.
+    So the check here is the header: a pickle, or another model, renamed model.bin is
+    refused before CTranslate2 sees it.
+    """
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4 + 2 + 256)
+        (version,) = struct.unpack_from("<I", head, 0)
+        (length,) = struct.unpack_from("<H", head, 4)
+        name = head[6:6 + length].rstrip(b"\0").decode("ascii")
+    except (OSError, struct.error, UnicodeDecodeError):
+        version, name = -1, ""
+    if not (1 <= version <= 64 and name == "WhisperSpec"):
+        raise ModelNotFoundError(
+            f"asr model folder {path.parent}: model.bin is not a CTranslate2 Whisper model "
+            f"(its header names {name or 'nothing readable'!r})"
+        )
 
 
 def normalize_language(value: Any) -> str | None:
@@ -189,6 +217,7 @@ class AsrExtractor(Extractor):
             # it logs one INFO line per clip ("Processing audio with duration ..."): our bar says it
             logging.getLogger("faster_whisper").setLevel(logging.WARNING)
 
+            check_ctranslate2_whisper(self.model_dir / "model.bin")
             dev = "cuda" if str(self.device).startswith("cuda") else "cpu"
             index = int(str(self.device).split(":")[1]) if ":" in str(self.device) else 0
             self._model = WhisperModel(
@@ -203,11 +232,13 @@ class AsrExtractor(Extractor):
 
             hf_logging.set_verbosity_error()
             self._torch_dtype = torch.float16 if self.resolved_precision() == "float16" else torch.float32
+            state = folder_state(self.model_dir)  # read safely first: a bad file is refused in one line
             self._processor = WhisperProcessor.from_pretrained(str(self.model_dir), local_files_only=True)
             model = WhisperForConditionalGeneration.from_pretrained(
                 str(self.model_dir), local_files_only=True, dtype=self._torch_dtype
             )
             self._model = model.to(self.device).eval()
+            prove_loaded(self._model, state, self.name, self.model_dir)
 
     def unload(self) -> None:
         self._model = self._processor = None

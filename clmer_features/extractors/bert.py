@@ -14,8 +14,12 @@ from typing import Any
 import numpy as np
 
 from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, register
-from clmer_features.models import ensure_offline, quiet_transformers, require_files, weights_digest
+from clmer_features.models import ensure_offline, folder_state, prove_loaded, quiet_transformers, require_files, weights_digest
 from clmer_features.spec import FeatureSpec
+
+
+# Tensors of a bert-base-uncased checkpoint that BertModel has no place for (pre-training heads).
+BERT_HEADS = ("cls.*",)
 
 
 def _has_text(row: dict[str, Any]) -> bool:
@@ -107,10 +111,15 @@ class BertExtractor(Extractor):
         from transformers import AutoTokenizer, BertModel
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+        state = folder_state(self.model_dir)  # read safely first: a bad file is refused in one line
         model = BertModel.from_pretrained(str(self.model_dir), local_files_only=True)
         model.eval()
         if self.device.startswith("cuda"):
             model = model.to(self.device, dtype=torch.float16)
+        # a pre-training checkpoint's heads (cls.*) are not part of BertModel; a checkpoint
+        # saved without the pooler leaves it random: only cls rows are used unless pooled="pooler"
+        prove_loaded(model, state, self.name, self.model_dir, unused=BERT_HEADS,
+                         allowed_missing=("pooler.*",) if self.pooled_kind == "cls" else ())
         self.model = model
 
     def unload(self) -> None:

@@ -11,10 +11,13 @@ its ALiBi bias are T x T), so long audio is cut into equal windows of at most
 alone; the window length is in the spec. emotion2vec runs one clip at a time.
 
 funasr is careful about nothing we need it careful about: a missing folder
-sends it to the network, and a checkpoint whose keys or shapes differ from
-the model is loaded silently with random weights where they differ. So the
-folder is checked before funasr sees it and the checkpoint's keys and shapes
-are compared with the model's own after loading.
+sends it to the network, a checkpoint whose keys or shapes differ from the
+model is loaded silently with random weights where they differ, and a folder
+whose ``configuration.json`` lacks ``file_path_metas.init_param`` is never
+loaded at all (seeded random weights). So the folder is checked before funasr
+sees it, funasr only builds the model, and clmer loads ``model.pt`` itself
+(``torch.load(weights_only=True)``: a pickled payload is refused, never run)
+and proves every tensor of the model is the file's (``models.prove_loaded``).
 """
 from __future__ import annotations
 
@@ -30,16 +33,12 @@ import numpy as np
 
 from clmer_features.errors import ModelNotFoundError
 from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, register
-from clmer_features.models import ensure_offline, weights_digest
+from clmer_features.models import ensure_offline, load_state_safely, prove_loaded, weights_digest
 from clmer_features.spec import FeatureSpec
 
 SAMPLE_RATE = 16000
 FRAME_HOP = 320  # samples between frames of the conv front end (50 Hz)
 MIN_SAMPLES = 400  # receptive field of one frame (25 ms): shorter audio gives no frame
-
-
-class CheckpointMismatchError(ModelNotFoundError):
-    """The checkpoint's tensors do not match the model its config builds."""
 
 
 class NoAudioError(ValueError):
@@ -84,29 +83,13 @@ def _hub_id(model_dir: Path, fallback: str) -> str:
 
 # Training-only tensors a data2vec-style checkpoint may carry (the EMA teacher):
 # never used by the forward pass, so not a mismatch.
-TRAINING_ONLY_PREFIXES = ("_ema.", "ema.")
+TRAINING_ONLY = ("_ema", "_ema.*", "ema.*")
 
 
-def compare_checkpoint(model_state: dict[str, Any], ckpt_state: dict[str, Any]) -> list[str]:
-    """Problems between a model's state_dict and a checkpoint's: missing keys,
-    unexpected keys (other than the EMA teacher's), different shapes. funasr
-    would load all of these silently, leaving random weights in place."""
-    ckpt = {k[len("module."):] if k.startswith("module.") else k: v for k, v in ckpt_state.items()}
-    ckpt = {k: v for k, v in ckpt.items() if k != "_ema" and not k.startswith(TRAINING_ONLY_PREFIXES)}
-    missing = sorted(set(model_state) - set(ckpt))
-    unexpected = sorted(set(ckpt) - set(model_state))
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
-    if unexpected:
-        problems.append(
-            f"{len(unexpected)} unexpected key(s): {', '.join(unexpected[:5])}" + (" ..." if len(unexpected) > 5 else "")
-        )
-    for k in sorted(set(model_state) & set(ckpt)):
-        a, b = tuple(model_state[k].shape), tuple(getattr(ckpt[k], "shape", ()))
-        if a != b:
-            problems.append(f"shape of {k}: model {a} != checkpoint {b}")
-    return problems
+def _quiet_trust_remote_code(record: logging.LogRecord) -> bool:
+    """funasr warns ``trust_remote_code: False`` on every model it builds; clmer always
+    passes False (a config.yaml cannot turn it on), so the line says nothing."""
+    return not str(record.msg).startswith("trust_remote_code:")
 
 
 @contextlib.contextmanager
@@ -124,10 +107,12 @@ def contained_funasr() -> Iterator[None]:
     disabled = logging.root.manager.disable
     states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
     logging.disable(max(disabled, logging.INFO))
+    root.addFilter(_quiet_trust_remote_code)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
+        root.removeFilter(_quiet_trust_remote_code)
         logging.disable(disabled)
         random.setstate(states[0])
         np.random.set_state(states[1])
@@ -136,16 +121,6 @@ def contained_funasr() -> Iterator[None]:
             if h not in handlers:
                 root.removeHandler(h)
         root.setLevel(level)
-
-
-def _unwrap_checkpoint(obj: Any) -> dict[str, Any]:
-    """The state dict inside a funasr/fairseq checkpoint (same unwrapping as funasr)."""
-    for key in ("state_dict", "model_state_dict", "model"):
-        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-    if not isinstance(obj, dict):
-        raise CheckpointMismatchError(f"checkpoint holds a {type(obj).__name__}, not a state dict")
-    return obj
 
 
 @register
@@ -211,10 +186,28 @@ class Emotion2vecExtractor(Extractor):
                 f"emotion2vec model folder {d}: config.yaml builds {model_class!r}, not Emotion2vec"
             )
 
+    def _checkpoint(self) -> Path:
+        """``model.pt``, the file the spec's digest covers; a configuration.json that points
+        funasr at another file is refused (funasr would read a file clmer does not check)."""
+        ckpt = self.model_dir / "model.pt"
+        meta = self.model_dir / "configuration.json"
+        try:
+            named = (json.loads(meta.read_text(encoding="utf-8")).get("file_path_metas") or {}).get("init_param")
+        except (OSError, ValueError, AttributeError):
+            named = None
+        if named and (self.model_dir / str(named)).resolve() != ckpt.resolve():
+            raise ModelNotFoundError(
+                f"emotion2vec model folder {self.model_dir}: configuration.json names init_param {named!r}; "
+                "clmer loads model.pt only"
+            )
+        return ckpt
+
     def load(self) -> None:
         if self._model is not None:
             return
         self._check_folder()  # before funasr: a missing path would send it to the hub
+        ckpt_path = self._checkpoint()
+        state = load_state_safely(ckpt_path)  # before funasr too: a file that runs code stops here
         ensure_offline()
         import torch
 
@@ -227,18 +220,20 @@ class Emotion2vecExtractor(Extractor):
                 disable_update=True,
                 disable_pbar=True,
                 disable_log=True,
+                trust_remote_code=False,  # wins over a config.yaml asking for remote code
                 ncpu=torch.get_num_threads(),  # funasr would otherwise set the process to 4 threads
                 log_level="WARNING",
             )
         model = auto.model
-        ckpt_path = auto.kwargs.get("init_param") or str(self.model_dir / "model.pt")
-        ckpt = _unwrap_checkpoint(torch.load(ckpt_path, map_location="cpu", weights_only=False))
-        problems = compare_checkpoint(model.state_dict(), ckpt)
-        if problems:
-            raise CheckpointMismatchError(
-                f"emotion2vec checkpoint {ckpt_path} does not match the model its config builds: "
-                + "; ".join(problems)
+        # funasr loads model.pt only when configuration.json names it: load it always,
+        # then prove every tensor of the model is the file's
+        own = model.state_dict()
+        with torch.no_grad():
+            model.load_state_dict(
+                {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)},
+                strict=False,
             )
+        prove_loaded(model, state, self.name, self.model_dir, unused=TRAINING_ONLY)
         model.eval()
         self._normalize = bool(getattr(model.cfg, "normalize", False))
         self._auto, self._model = auto, model

@@ -25,13 +25,19 @@ import numpy as np
 
 from clmer_features.errors import ModelNotFoundError
 from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, FrameRequest, register
-from clmer_features.models import ensure_offline, require_files, weights_digest
+from clmer_features.models import ensure_offline, folder_state, prove_loaded, quiet_transformers, require_files, weights_digest
 from clmer_features.spec import FeatureSpec
 
 SAMPLE_RATE = 16000
 MAX_SECONDS = 30.0
 POOL = 3
 ENCODER_HOP_SECONDS = 0.02  # one Whisper encoder frame per 20 ms
+
+
+# WhisperForAudioClassification around a speech-recognition checkpoint: its head is new
+# (never run here), the checkpoint's decoder has no place in it.
+WHISPER_HEAD = ("projector.*", "classifier.*", "layer_weights")
+WHISPER_DECODER = ("model.decoder.*", "decoder.*", "proj_out.*")
 
 
 class MissingModalityError(ValueError):
@@ -142,11 +148,16 @@ class R1OmniVisionExtractor(Extractor):
             return
         ensure_offline()
         require_files(self.model_dir, ("config.json", "preprocessor_config.json"), self.name)
+        quiet_transformers()
         from transformers import SiglipImageProcessor, SiglipVisionModel
 
+        from clmer_features.extractors.siglip import SIGLIP_NOT_VISION
+
+        state = folder_state(self.model_dir)  # read safely first: a bad file is refused in one line
         self._processor = SiglipImageProcessor.from_pretrained(str(self.model_dir))
         model = SiglipVisionModel.from_pretrained(str(self.model_dir), dtype=_torch_dtype(self.device))
         self._model = model.to(self.device).eval()
+        prove_loaded(self._model, state, self.name, self.model_dir, unused=SIGLIP_NOT_VISION)
 
     def unload(self) -> None:
         self._model = self._processor = None
@@ -205,26 +216,16 @@ class R1OmniAudioExtractor(Extractor):
             return
         ensure_offline()
         require_files(self.model_dir, ("config.json", "preprocessor_config.json"), self.name)
+        quiet_transformers()  # the decoder's keys are unused on purpose: no report table, no bars
         from transformers import WhisperFeatureExtractor, WhisperForAudioClassification
 
-        from transformers.utils import logging as hf_logging
-
+        state = folder_state(self.model_dir)  # read safely first: a bad file is refused in one line
         self._fe = WhisperFeatureExtractor.from_pretrained(str(self.model_dir))
-        level = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # the decoder's keys are unused on purpose: no report table
-        try:
-            model, info = WhisperForAudioClassification.from_pretrained(
-                str(self.model_dir), dtype=_torch_dtype(self.device), output_loading_info=True
-            )
-        finally:
-            hf_logging.set_verbosity(level)
-        missing = sorted(k for k in info.get("missing_keys", ()) if k.startswith("encoder."))
-        if missing:
-            raise ModelNotFoundError(
-                f"{self.model_dir}: Whisper encoder weights missing from the checkpoint: "
-                + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-            )
-        self._encoder = model.encoder.to(self.device).eval()
+        model = WhisperForAudioClassification.from_pretrained(str(self.model_dir), dtype=_torch_dtype(self.device))
+        model = model.to(self.device).eval()
+        # only the encoder runs: the classification head is never used, the decoder never built
+        prove_loaded(model, state, self.name, self.model_dir, allowed_missing=WHISPER_HEAD, unused=WHISPER_DECODER)
+        self._encoder = model.encoder
 
     def unload(self) -> None:
         self._encoder = self._fe = None

@@ -15,10 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from clmer_features.errors import ModelNotFoundError
 from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, FrameRequest, register
-from clmer_features.models import ensure_offline, quiet_transformers, require_files, weights_digest
+from clmer_features.models import ensure_offline, folder_state, prove_loaded, quiet_transformers, require_files, weights_digest
 from clmer_features.spec import FeatureSpec
+
+
+# A SigLIP checkpoint holds both towers; the vision model uses the vision tower only.
+SIGLIP_NOT_VISION = ("text_model.*", "logit_scale", "logit_bias")
 
 
 def load_image_processor(model_dir: Path) -> Any:
@@ -80,17 +83,12 @@ class SiglipExtractor(Extractor):
         import torch
         from transformers import SiglipVisionModel
 
-        model, info = SiglipVisionModel.from_pretrained(
-            str(self.model_dir), local_files_only=True, output_loading_info=True
-        )
-        if info.get("missing_keys"):
-            raise ModelNotFoundError(
-                f"{self.model_dir}: SigLIP weights lack {len(info['missing_keys'])} tensors of the vision "
-                f"tower (e.g. {info['missing_keys'][0]}); is this a SigLIP checkpoint?"
-            )
+        state = folder_state(self.model_dir)  # read safely first: a bad file is refused in one line
+        model = SiglipVisionModel.from_pretrained(str(self.model_dir), local_files_only=True)
         model.eval()
         if self.device.startswith("cuda"):
             model = model.to(self.device, dtype=torch.float16)
+        prove_loaded(model, state, self.name, self.model_dir, unused=SIGLIP_NOT_VISION)
         self.model = model
         self.processor = load_image_processor(self.model_dir)
 

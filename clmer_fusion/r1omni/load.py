@@ -7,8 +7,9 @@ bert-base-uncased folder: ``bert_dir``, else ``<model>/bert-base-uncased`` or
 ``<model>/bert``; its ``config.json`` (if any) shapes the gate's BERT, whose
 weights come from the checkpoint. Tower weights in the checkpoint
 (``model.vision_tower.*``, ``model.audio_tower.*``) are skipped, never built.
-Missing or unexpected keys are refused unless ``allow_mismatch``. Nothing is
-downloaded and no remote code runs.
+Missing or unexpected keys are refused unless ``allow_mismatch``; every loaded
+tensor is then proven equal to the file's (``clmer_features.models.prove_loaded``).
+Nothing is downloaded and no remote code runs.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from clmer_features.errors import ClmerError, ModelNotFoundError
+from clmer_features.models import prove_loaded
 from clmer_fusion.r1omni.model import R1OmniConfig, R1OmniModel
 
 TOWER_PREFIXES = ("model.vision_tower.", "model.audio_tower.")
@@ -195,6 +197,11 @@ def load_r1omni(
     if dtype is None:
         dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
     model.to(device=device, dtype=dtype).eval()
+    # every tensor the model runs with is the checkpoint's, value for value (after the cast);
+    # with allow_mismatch, the tensors the report names are the random ones it accepted
+    accepted = tuple(report.missing) + tuple(k.split(" ")[0] for k in report.shape_mismatch)
+    prove_loaded(model.lm, loadable if allow_mismatch else state, "r1omni", model_dir,
+                 allowed_missing=accepted if allow_mismatch else ())
 
     from transformers.utils import logging as hf_logging
 
