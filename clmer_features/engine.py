@@ -383,6 +383,7 @@ def extract(
     from tqdm.auto import tqdm
 
     from clmer_features.store import open_store, part_name
+    from clmer_features.store.writer import stale_reason
 
     ensure_offline()
     t_run = time.perf_counter()
@@ -460,7 +461,7 @@ def extract(
         t0 = time.perf_counter()
         for n in phase_names:
             _, writer, todo = plans[n]
-            if todo or not (writer.dir / "COMPLETE.json").exists():
+            if todo or stale_reason(writer.dir) is not None:  # what is on disk decides, not this run
                 writer.finalize()
         summary.finalize_s += time.perf_counter() - t0
 

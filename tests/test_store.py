@@ -184,9 +184,12 @@ def test_two_finalized_specs_need_a_choice_and_gc_superseded(tmp_path, manifest)
     fill(store, manifest, spec=newer)
     with pytest.raises(StoreError, match="has 2 specs"):
         store.feature("siglip")
-    rep = gc(store, superseded=True)
-    assert [p.name for p in rep.removed_specs] == [SPEC.spec_id]
-    assert store.feature("siglip").spec == newer
+    rep = gc(store, superseded=True)  # neither named nor known to be the default: the newest does not win
+    assert rep.removed_specs == [] and len(store.specs("siglip")) == 2
+    assert rep.undecided and "--keep siglip=SPEC_ID" in rep.undecided[0]
+    rep = gc(store, superseded=True, keep={"siglip": SPEC.spec_id})  # the older one, named
+    assert [p.name for p in rep.removed_specs] == [newer.spec_id]
+    assert store.feature("siglip").spec == SPEC
 
 
 def test_changed_media_hides_old_rows(tmp_path, manifest):

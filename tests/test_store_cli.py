@@ -55,12 +55,12 @@ def test_status_verify_gc(tmp_path):
     assert res.exit_code == 0, res.output
     line = next(l for l in res.output.splitlines() if l.strip().startswith("siglip"))
     assert line.split()[2:6] == ["3", "1", "0", "0"] and line.endswith("complete")
-    res = r.invoke(cli, ["verify", "--cache", str(tmp_path / "cache")])
-    assert res.exit_code == 0 and "OK" in res.output
+    res = r.invoke(cli, ["verify", "--cache", str(tmp_path / "cache")])  # sound, but c3 is not extracted yet
+    assert res.exit_code == 3 and "1 clip(s) of the manifest snapshot are not extracted yet" in res.output
     chunk = next(p for p in (fw.committed_parts()[0] / "values").rglob("*") if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(chunk.read_bytes()[:-7])
     res = r.invoke(cli, ["verify", "--cache", str(tmp_path / "cache")])
-    assert res.exit_code == 1 and "corrupt" in res.output
+    assert res.exit_code == 4 and "corrupt" in res.output
     (fw.parts_dir / ".tmp-p9-abc").mkdir()
     res = r.invoke(cli, ["gc", "--cache", str(tmp_path / "cache"), "--older-than", "0"])
     assert res.exit_code == 0 and "removed 1 temporary part(s)" in res.output

@@ -4,6 +4,8 @@
 <cache>/<dataset>/
   clips.parquet                       manifest snapshot (clip_id, keys, fingerprints, segment, labels)
   ledger.parquet                      failures of every feature (merged by finalize)
+  .lock                               flock()ed by finalize: index and ledger rewrites never interleave
+  leases/                             partition leases of running extracts (see store/lease.py)
   features/<feature>/<spec_id>/       zarr v3 group; attrs: spec, input, provenance
     parts/<part>/                     one writer's clips: values [rows, D] (one uncompressed shard), times [rows],
                                       pooled [n, D'], index.parquet (clip_key, clip_id, row range),
@@ -12,7 +14,7 @@
     index.parquet                     clip_key -> part, rows (rebuilt by finalize from the parts' own index.parquet)
     records.parquet                   table outputs (e.g. transcripts), merged by finalize
     failures.parquet                  this spec's failures, merged by finalize
-    COMPLETE.json                     written last by finalize; readers refuse a feature without it
+    COMPLETE.json                     written last by finalize (part names, index digest); readers refuse a feature without it
 ```
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ INDEX_FILE = "index.parquet"
 RECORDS_FILE = "records.parquet"
 FAILURES_FILE = "failures.parquet"
 COMPLETE_FILE = "COMPLETE.json"
+LOCK_FILE = ".lock"  # flock()ed while a finalize rewrites index files and the ledger
 
 LEDGER_SCHEMA = {
     "clip_id": pl.Utf8,

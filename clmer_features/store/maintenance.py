@@ -1,17 +1,22 @@
 """Status, verification and garbage collection of a store."""
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Mapping
 
 import polars as pl
 import zarr
 from tqdm import tqdm
 
+from clmer_features.errors import ClmerError
+from clmer_features.spec import FeatureSpec
 from clmer_features.store import Store
 from clmer_features.store import layout as L
+from clmer_features.store.lease import Leases
 
 
 @dataclass
@@ -39,7 +44,7 @@ def status(store: Store, clips: pl.DataFrame | None = None) -> list[FeatureStatu
         done_keys = set(pl.read_parquet(idx_path, columns=["clip_key"])["clip_key"].to_list()) if idx_path.exists() else set()
         fails = pl.read_parquet(fails_path) if fails_path.exists() else L.empty_ledger()
         input_ = zarr.open_group(s.path, mode="r").attrs.get("input", "media")
-        keys = store.current_keys(input_) if clips is None else Store(store.root, clips).current_keys(input_)
+        keys = wanted_keys(store.clips() if clips is None else clips, input_)
         if keys is None:
             wanted = done_keys | set(fails["clip_key"].to_list())
         else:
@@ -65,56 +70,178 @@ def status(store: Store, clips: pl.DataFrame | None = None) -> list[FeatureStatu
     return out
 
 
+CLEAN, UNFINISHED, CORRUPT = "clean", "unfinished", "corrupt"
+EXIT_CODES = {CLEAN: 0, UNFINISHED: 3, CORRUPT: 4}  # documented in `clmer-features verify --help`
+
+
 @dataclass
 class VerifyReport:
+    """What ``verify`` found. ``unfinished``: a plain rerun of extract completes the store (parts
+    not yet indexed, an index rewritten without its ``COMPLETE.json``, clips not extracted yet).
+    ``corrupt``: data on disk is damaged or gone; ``repair`` drops it, then a rerun recomputes it."""
+
     checked_parts: int = 0
     checked_files: int = 0
-    problems: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)
+    corrupt: list[str] = field(default_factory=list)
+    damaged_parts: list[Path] = field(default_factory=list)  # parts whose own files are damaged
+    corrupt_specs: list[Path] = field(default_factory=list)  # specs with any corruption (refinalized by repair)
+
+    @property
+    def problems(self) -> list[str]:
+        return self.corrupt + self.unfinished
+
+    @property
+    def state(self) -> str:
+        return CORRUPT if self.corrupt else UNFINISHED if self.unfinished else CLEAN
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return self.state == CLEAN
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.state]
+
+
+def wanted_keys(clips: pl.DataFrame | None, input: str) -> pl.DataFrame | None:
+    """clip_id -> the key a run files the clip under for a feature of ``input``: its own key
+    family, else the other one (as the engine plans: a text-only clip of a video feature is
+    recorded, as absent, under its text key)."""
+    if clips is None:
+        return None
+    media, text = pl.col("media_key"), pl.col("text_key")
+    key = {"media": pl.coalesce(media, text), "text": pl.coalesce(text, media)}.get(input, pl.coalesce(text, media))
+    return clips.select("clip_id", key.alias("clip_key")).drop_nulls("clip_key")
+
+
+def _check_part_files(part: Path, where: str, rep: VerifyReport) -> dict | None:
+    """Sizes and checksums of one part's files; its PART.json when readable."""
+    rep.checked_parts += 1
+    meta_path = part / L.PART_FILE
+    if not meta_path.exists():
+        rep.corrupt.append(f"{where}: part {part.name}: {L.PART_FILE} is missing")
+        rep.damaged_parts.append(part)
+        return None
+    try:
+        meta = L.read_json(meta_path)
+        expected: dict[str, dict] = meta["files"]
+    except (ValueError, KeyError, TypeError):
+        rep.corrupt.append(f"{where}: part {part.name}: {L.PART_FILE} is unreadable")
+        rep.damaged_parts.append(part)
+        return None
+    bad: list[str] = []
+    actual = {p.relative_to(part).as_posix() for p in part.rglob("*") if p.is_file()} - {L.PART_FILE}
+    bad += [f"file {rel} is missing" for rel in sorted(set(expected) - actual)]
+    bad += [f"unexpected file {rel}" for rel in sorted(actual - set(expected))]
+    for rel in sorted(set(expected) & actual):
+        rep.checked_files += 1
+        size = (part / rel).stat().st_size
+        if size != expected[rel]["size"]:
+            bad.append(f"{rel} is corrupt (truncated or grown: {size} bytes, expected {expected[rel]['size']})")
+        elif L.crc32_file(part / rel) != expected[rel]["crc32"]:
+            bad.append(f"{rel} is corrupt (checksum mismatch, {size} bytes)")
+    if bad:
+        rep.corrupt += [f"{where}: part {part.name}: {b}" for b in bad]
+        rep.damaged_parts.append(part)
+    return meta
+
+
+def _check_index(spec_path: Path, where: str, metas: dict[str, dict | None], rep: VerifyReport) -> pl.DataFrame | None:
+    """Every index entry against the disk: its part exists with a PART.json, and its rows are the
+    part's own rows for that clip (inside the part)."""
+    idx_path = spec_path / L.INDEX_FILE
+    try:
+        index = pl.read_parquet(idx_path)
+    except Exception:  # noqa: BLE001 - any unreadable index is the same finding
+        rep.unfinished.append(f"{where}: {L.INDEX_FILE} is missing or unreadable (rerun extract to refinalize)")
+        return None
+    for (part,), rows in index.group_by(["part"], maintain_order=True):
+        if part not in metas:
+            rep.corrupt.append(f"{where}: index names part {part}, which is not on disk ({rows.height} clip(s) lost)")
+            continue
+        meta = metas[part]
+        if meta is None:
+            continue  # already reported by the part check
+        n_rows, n_clips = int(meta.get("rows", 0)), int(meta.get("clips", 0))
+        outside = rows.filter((pl.col("row_start") < 0) | (pl.col("row_end") < pl.col("row_start"))
+                              | (pl.col("row_end") > n_rows) | (pl.col("item") < 0) | (pl.col("item") >= n_clips))
+        if outside.height:
+            r = outside.row(0, named=True)
+            rep.corrupt.append(f"{where}: clip {r['clip_id']}: index rows {r['row_start']}..{r['row_end']} lie outside "
+                               f"part {part} ({n_rows} rows, {n_clips} clips)" + (
+                                   f"; {outside.height - 1} more" if outside.height > 1 else ""))
+            continue
+        own_path = spec_path / L.PARTS_DIR / part / L.INDEX_FILE
+        cols = ["clip_key", "row_start", "row_end", "item"]
+        own = pl.read_parquet(own_path, columns=cols) if own_path.exists() else rows.select(cols).clear()
+        differ = rows.select(cols).join(own, on=cols, how="anti")
+        if differ.height:
+            rep.corrupt.append(f"{where}: {differ.height} index entr(ies) for part {part} do not match the part's own "
+                               f"index (first: {differ['clip_key'][0]})")
+    return index
 
 
 def verify(store: Store, progress: bool = False) -> VerifyReport:
-    """Recompute every part's file checksums and each index's digest.
+    """Check every spec of ``store`` against what is on disk.
 
-    Catches a flipped byte, a truncated or missing chunk file, an extra file,
-    and an index that no longer matches its completion marker.
+    Per part: PART.json present, every file's size and CRC-32 (a flipped byte, a truncated or
+    missing chunk file, an extra file). Per index entry: the part exists, and the rows are the
+    part's own rows for that clip. Per spec: the index is the one ``COMPLETE.json`` records and
+    covers every committed part, and every clip of the manifest snapshot is extracted or failed.
     """
+    from clmer_features.store.writer import stale_reason
+
     rep = VerifyReport()
+    clips = store.clips()
     for s in store.specs():
         where = f"{s.feature}/{s.spec_id}"
-        if s.complete:
-            complete = L.read_json(s.path / L.COMPLETE_FILE)
-            idx = s.path / L.INDEX_FILE
-            if not idx.exists():
-                rep.problems.append(f"{where}: {L.INDEX_FILE} is missing")
-            elif L.sha256_file(idx) != complete.get("index_sha256"):
-                rep.problems.append(f"{where}: {L.INDEX_FILE} does not match {L.COMPLETE_FILE} (rerun extract to refinalize)")
-        else:
-            rep.problems.append(f"{where}: not finalized (no {L.COMPLETE_FILE})")
+        before = len(rep.corrupt)
         parts = L.committed_parts(s.path)
+        metas: dict[str, dict | None] = {}
         for part in tqdm(parts, desc=f"verify {where}", unit="part", disable=not progress, leave=False):
-            rep.checked_parts += 1
-            meta_path = part / L.PART_FILE
-            if not meta_path.exists():
-                rep.problems.append(f"{where}: part {part.name}: {L.PART_FILE} is missing")
-                continue
-            expected: dict[str, dict] = L.read_json(meta_path)["files"]
-            actual = {p.relative_to(part).as_posix() for p in part.rglob("*") if p.is_file()} - {L.PART_FILE}
-            for rel in sorted(set(expected) - actual):
-                rep.problems.append(f"{where}: part {part.name}: file {rel} is missing")
-            for rel in sorted(actual - set(expected)):
-                rep.problems.append(f"{where}: part {part.name}: unexpected file {rel}")
-            for rel in sorted(set(expected) & actual):
-                rep.checked_files += 1
-                size = (part / rel).stat().st_size
-                if size != expected[rel]["size"]:
-                    rep.problems.append(f"{where}: part {part.name}: {rel} is corrupt (truncated or grown: {size} bytes, expected {expected[rel]['size']})")
-                elif L.crc32_file(part / rel) != expected[rel]["crc32"]:
-                    rep.problems.append(f"{where}: part {part.name}: {rel} is corrupt (checksum mismatch, {size} bytes)")
+            metas[part.name] = _check_part_files(part, where, rep)
+        if not s.complete:
+            rep.unfinished.append(f"{where}: not finalized (no {L.COMPLETE_FILE}): an extract is running or was "
+                                  "interrupted; rerun it to finish")
+        else:
+            index = _check_index(s.path, where, metas, rep)
+            why = stale_reason(s.path)
+            if why is not None and "gone from disk" not in why:  # a lost part is reported as corrupt above
+                rep.unfinished.append(f"{where}: {why} (rerun extract to refinalize)")
+            keys = wanted_keys(clips, zarr.open_group(s.path, mode="r").attrs.get("input", "media"))
+            if index is not None and keys is not None and why is None:
+                fails = s.path / L.FAILURES_FILE
+                seen = pl.concat([index.select("clip_key"), pl.read_parquet(fails, columns=["clip_key"])
+                                  if fails.exists() else pl.DataFrame(schema={"clip_key": pl.Utf8})])
+                missing = keys.join(seen, on="clip_key", how="anti").height
+                if missing:
+                    rep.unfinished.append(f"{where}: {missing} clip(s) of the manifest snapshot are not extracted "
+                                          "yet (rerun extract)")
+        if len(rep.corrupt) > before:
+            rep.corrupt_specs.append(s.path)
     return rep
+
+
+def repair(store: Store, report: VerifyReport) -> list[str]:
+    """Drop the damaged parts ``report`` found and refinalize every spec with corruption, so that
+    the index holds only sound data and a rerun of extract recomputes exactly the dropped clips.
+    Returns one line per action."""
+    from clmer_features.store.writer import finalize_feature
+
+    done: list[str] = []
+    for part in report.damaged_parts:
+        if not part.exists():
+            continue
+        trash = part.with_name(f"{L.TMP_PREFIX}damaged-{part.name}-{time.time_ns():x}")
+        os.rename(part, trash)  # out of sight at once; then deleted
+        shutil.rmtree(trash, ignore_errors=True)
+        done.append(f"{part.parent.parent.parent.name}/{part.parent.parent.name}: dropped part {part.name}")
+    for spec_path in report.corrupt_specs:
+        feature, spec_id = spec_path.parent.name, spec_path.name
+        summary = finalize_feature(store.root, feature, spec_id)
+        done.append(f"{feature}/{spec_id}: refinalized ({summary.clips} clips in {summary.parts} parts)")
+    return done
 
 
 @dataclass
@@ -122,12 +249,60 @@ class GcReport:
     removed_tmp: list[Path] = field(default_factory=list)
     removed_specs: list[Path] = field(default_factory=list)
     kept_tmp: list[Path] = field(default_factory=list)
+    removed_leases: list[Path] = field(default_factory=list)
+    superseded: list[tuple[Path, str]] = field(default_factory=list)  # (spec removed or to remove, what is kept)
+    undecided: list[str] = field(default_factory=list)  # features left alone, and why
 
 
-def gc(store: Store, *, older_than_s: float = 3600.0, superseded: bool = False, dry_run: bool = False) -> GcReport:
-    """Remove abandoned temporary parts (older than ``older_than_s``, so a running
-    writer's part survives) and, only when asked, specs superseded by a newer
-    finalized spec of the same feature."""
+def superseded_specs(store: Store, keep: Mapping[str, str] | None = None,
+                     is_default: Callable[[FeatureSpec], bool | None] | None = None
+                     ) -> tuple[list[tuple[Path, str]], list[str]]:
+    """Specs that ``gc --superseded`` removes: of each feature with several specs, every finalized
+    spec but the one the user names in ``keep`` ({feature: spec_id}) or, without a name, but those
+    with the extractor's default parameters (``is_default``). A feature where neither decides,
+    and every spec not finalized (a run may be writing it), is left alone."""
+    keep = dict(keep or {})
+    by_feature: dict[str, list] = {}
+    for s in store.specs():
+        by_feature.setdefault(s.feature, []).append(s)
+    unknown = sorted(set(keep) - set(by_feature))
+    if unknown:
+        raise ClmerError(f"--keep names feature(s) not in {store.root}: {', '.join(unknown)} "
+                         f"(features: {', '.join(sorted(by_feature)) or 'none'})")
+    out: list[tuple[Path, str]] = []
+    undecided: list[str] = []
+    for feature, specs in sorted(by_feature.items()):
+        listing = ", ".join(f"{s.spec_id} ({s.spec.describe()})" for s in specs)
+        if feature in keep:
+            keepers = [s for s in specs if s.spec_id == keep[feature]]
+            if not keepers:
+                raise ClmerError(f"--keep {feature}={keep[feature]}: no such spec; stored: {listing}")
+            why = f"keeping {feature}/{keep[feature]} (named with --keep)"
+        elif len(specs) < 2:
+            continue
+        else:
+            verdicts = [is_default(s.spec) if is_default else None for s in specs]
+            keepers = [s for s, v in zip(specs, verdicts) if v]
+            if not keepers:
+                undecided.append(f"{feature}: {len(specs)} specs, none with the default parameters; name the one to "
+                                 f"keep with --keep {feature}=SPEC_ID ({listing})")
+                continue
+            why = "keeping " + ", ".join(f"{feature}/{s.spec_id}" for s in keepers) + " (default parameters)"
+        for s in specs:
+            if s in keepers:
+                continue
+            if not s.complete:
+                undecided.append(f"{feature}/{s.spec_id}: not finalized (a run may be writing it); left alone")
+                continue
+            out.append((s.path, why))
+    return out, undecided
+
+
+def gc(store: Store, *, older_than_s: float = 3600.0, superseded: bool = False, dry_run: bool = False,
+       keep: Mapping[str, str] | None = None, is_default: Callable[[FeatureSpec], bool | None] | None = None
+       ) -> GcReport:
+    """Remove abandoned temporary parts (older than ``older_than_s``, so a running writer's part
+    survives) and expired leases and, only when asked, superseded specs (see :func:`superseded_specs`)."""
     rep = GcReport()
     now = time.time()
     for s in store.specs():
@@ -138,22 +313,25 @@ def gc(store: Store, *, older_than_s: float = 3600.0, superseded: bool = False, 
                     shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
             else:
                 rep.kept_tmp.append(tmp)
+    leases = Leases(store.root)
+    for path in sorted(leases.dir.glob("*.json")) if leases.dir.is_dir() else []:
+        if leases.expired(path):  # its owner died: a later run would take it over anyway
+            rep.removed_leases.append(path)
+            if not dry_run:
+                path.unlink(missing_ok=True)
     if superseded:
-        by_feature: dict[str, list] = {}
-        for s in store.specs():
-            by_feature.setdefault(s.feature, []).append(s)
-        for feature, specs in by_feature.items():
-            finalized = [s for s in specs if s.complete]
-            if not finalized:
-                continue
-            newest = max(finalized, key=lambda s: s.finalized_ns)
-            for s in specs:
-                if s is not newest and s.complete:
-                    rep.removed_specs.append(s.path)
-                    if not dry_run:
-                        shutil.rmtree(s.path)
-        if rep.removed_specs and not dry_run:
-            ledger = store.ledger()
-            gone = {p.name for p in rep.removed_specs}
-            L.atomic_write_parquet(store.root / L.LEDGER_FILE, ledger.filter(~pl.col("spec_id").is_in(list(gone))))
+        rep.superseded, rep.undecided = superseded_specs(store, keep, is_default)
+        if not dry_run:
+            for path, _ in rep.superseded:
+                trash = path.with_name(f"{L.TMP_PREFIX}gc-{path.name}-{time.time_ns():x}")
+                os.rename(path, trash)  # gone for readers at once
+                shutil.rmtree(trash, ignore_errors=True)
+                rep.removed_specs.append(path)
+            if rep.removed_specs:
+                from clmer_features.store.writer import store_lock
+
+                gone = [p.name for p in rep.removed_specs]
+                with store_lock(store.root):
+                    ledger = store.ledger()
+                    L.atomic_write_parquet(store.root / L.LEDGER_FILE, ledger.filter(~pl.col("spec_id").is_in(gone)))
     return rep

@@ -92,16 +92,26 @@ class FeatureReader:
             return f"failed ({r['kind']}) at {r['stage']}: {r['error']}: {r['message']}"
         return "is not in the store (not extracted yet, or its media changed since)"
 
+    def _part_dir(self, part: str) -> Path:
+        """A part the index names; one clear error when it is gone from disk."""
+        path = self.dir / L.PARTS_DIR / part
+        if not (path / L.PART_FILE).exists():
+            raise StoreError(
+                f"{self.spec.feature}/{self.spec.spec_id}: part {part} (named by the index) is missing from disk "
+                f"({path}); run `clmer-features verify --repair`, then rerun extract to recompute its clips"
+            )
+        return path
+
     def _array(self, part: str, name: str) -> zarr.Array | None:
         key = (part, name)
         if key not in self._arrays:
-            path = self.dir / L.PARTS_DIR / part / name
+            path = self._part_dir(part) / name
             self._arrays[key] = zarr.open_array(path, mode="r") if (path / "zarr.json").exists() else None
         return self._arrays[key]
 
     def _raw(self, part: str) -> RawRows | None:
         if part not in self._raws:
-            self._raws[part] = RawRows.open(self.dir / L.PARTS_DIR / part / "values")
+            self._raws[part] = RawRows.open(self._part_dir(part) / "values")
         return self._raws[part]
 
     def _empty(self, rows: int = 0) -> np.ndarray:

@@ -4,19 +4,23 @@ Two writers never touch the same files: each task fills its own part folder
 (``parts/.tmp-<name>-<token>``), writes ``PART.json`` (row counts and the
 sha256 of every file) last, and renames the folder to ``parts/<name>``. A
 crash leaves only a temporary folder, which readers ignore and ``gc`` removes.
-``finalize`` (one caller, after the tasks) rebuilds the index and writes
-``COMPLETE.json`` last.
+``finalize`` rebuilds the index from the committed parts and writes
+``COMPLETE.json`` last (naming the parts it indexed); it runs under the store's
+lock, so any process may run it at any time. Whether a spec needs it is decided
+by what is on disk (:func:`stale_reason`), never by whether a run computed something.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import polars as pl
@@ -326,8 +330,59 @@ def _part_index(part: Path) -> pl.DataFrame:
     )
 
 
+def stale_reason(fdir: Path) -> str | None:
+    """Why a spec's index does not describe the parts on disk, or None when it does.
+
+    Finalize is driven by this, not by whether the run computed anything: a crash
+    after a part was committed but before the index and ``COMPLETE.json`` were
+    rewritten leaves parts that no reader sees, and the next run must index them.
+    """
+    complete_path = fdir / L.COMPLETE_FILE
+    if not complete_path.exists():
+        return f"not finalized (no {L.COMPLETE_FILE})"
+    try:
+        complete = L.read_json(complete_path)
+    except ValueError:
+        return f"{L.COMPLETE_FILE} is unreadable"
+    on_disk = {p.name for p in L.committed_parts(fdir)}
+    recorded = complete.get("part_names")
+    if recorded is None:  # written before part names were recorded: compare the counts
+        if complete.get("parts") != len(on_disk):
+            return f"{len(on_disk)} committed part(s), {complete.get('parts')} in the index"
+    else:
+        new, gone = on_disk - set(recorded), set(recorded) - on_disk
+        if new or gone:
+            return (f"{len(new)} committed part(s) not in the index" if new else "") + (
+                ", " if new and gone else "") + (f"{len(gone)} indexed part(s) gone from disk" if gone else "")
+    index = fdir / L.INDEX_FILE
+    if not index.exists():
+        return f"{L.INDEX_FILE} is missing"
+    if L.sha256_file(index) != complete.get("index_sha256"):
+        return f"{L.INDEX_FILE} does not match {L.COMPLETE_FILE}"
+    return None
+
+
+@contextmanager
+def store_lock(store_root: Path) -> Iterator[None]:
+    """Exclusive lock on a store's shared files (index rebuilds, the ledger): finalizes of
+    several processes, or of two features at once, must not interleave their
+    read-modify-write of ``ledger.parquet``."""
+    store_root.mkdir(parents=True, exist_ok=True)
+    with open(store_root / L.LOCK_FILE, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def finalize_feature(store_root: Path, feature: str, spec_id: str) -> FinalizeSummary:
     """Rebuild index, records and failures from the committed parts; write COMPLETE.json last."""
+    with store_lock(store_root):
+        return _finalize(store_root, feature, spec_id)
+
+
+def _finalize(store_root: Path, feature: str, spec_id: str) -> FinalizeSummary:
     fdir = L.feature_dir(store_root, feature, spec_id)
     parts = L.committed_parts(fdir)
     for p in parts:
@@ -368,6 +423,7 @@ def finalize_feature(store_root: Path, feature: str, spec_id: str) -> FinalizeSu
             "clips": index.height,
             "failed": fails.height,
             "parts": len(parts),
+            "part_names": [p.name for p in parts],
             "index_sha256": L.sha256_file(fdir / L.INDEX_FILE),
             "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "finalized_ns": time.time_ns(),
