@@ -18,7 +18,7 @@ from clmer_features.store import layout as L
 from clmer_features.store import writer as W
 from clmer_features.store.maintenance import verify
 
-from _extract_helpers import tiny_models  # noqa: F401  (fixture)
+from _extract_helpers import media, tiny_models  # noqa: F401  (fixtures)
 
 
 def text_manifest(path, n: int):
@@ -207,3 +207,19 @@ def test_gc_superseded_keeps_the_default_or_named_spec_and_lists_before_deleting
     assert [s.spec_id for s in store.specs("siglip")] == [made[0.5]]
     res = CliRunner().invoke(cli, gc_cli + ["--keep", "siglip=nope"])
     assert res.exit_code != 0 and "no such spec" in str(res.exception)
+
+
+def test_status_agrees_with_extract_on_absent_clips_and_names_the_spec(tiny_models, media, tmp_path):
+    rows = [{"clip_id": "v0", "video": str(media["av"]), "text": "hello happy day"},
+            {"clip_id": "broken", "video": str(media["truncated"])},
+            {"clip_id": "t0", "text": "only words here"}]
+    m = T.write_manifest(tmp_path / "clips.csv", rows)
+    s = extract(m, ["siglip"], tmp_path / "cache", models_dir=tiny_models, device="cpu", progress=False)
+    st = s.features["siglip"]
+    assert (st.done, st.failed, st.absent) == (1, 1, 1)
+    res = CliRunner().invoke(cli, ["status", str(m), "--cache", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    line = next(l for l in res.output.splitlines() if l.strip().startswith("siglip"))
+    assert line.split()[2:6] == ["1", "0", "1", "1"], line  # done missing failed absent: as extract said
+    [fail] = [l for l in res.output.splitlines() if "failed:" in l]
+    assert fail.strip().startswith(f"failed: siglip/{st.spec_id} broken: decode:")
