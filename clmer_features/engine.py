@@ -6,7 +6,8 @@
 2. plan: per feature, the clips whose cache key is not in a committed part;
 3. media phase: partitions of clips (``partition_size``) are decoded once for
    every media feature (in child processes, ahead of the model) and run through
-   each extractor in batches; each partition becomes one part per feature;
+   each extractor in batches; each partition becomes one part per feature
+   (claimed with a lease first, so extracts sharing a cache split the work);
 4. the media features are finalized, then the text phase runs (``bert`` may
    need the transcripts ``asr`` just wrote), then those are finalized;
 5. a :class:`RunSummary` says what was done, skipped and failed and where the
@@ -383,6 +384,7 @@ def extract(
     from tqdm.auto import tqdm
 
     from clmer_features.store import open_store, part_name
+    from clmer_features.store.lease import Leases, partition_committed, partition_lease
     from clmer_features.store.writer import stale_reason
 
     ensure_offline()
@@ -450,12 +452,22 @@ def extract(
                     if keys:
                         tasks.append(PartitionTask(n, ext, writer, keys, part_name(list(keys.values()), prefix)))
                 partitions.append((chunk, tasks))
-            if runner is not None:
-                runner(label, partitions, summary, bar)
-                return
-            for chunk, tasks in partitions:
-                run_partition(chunk, tasks, summary.features, pool=pool, batch_size=batch_size,
-                              summary=summary, on_clips=bar.update)
+
+            def done_elsewhere(p: tuple[list[dict[str, Any]], list[PartitionTask]]) -> None:
+                for t in p[1]:  # committed by another process sharing this cache
+                    summary.features[t.feature].skipped += len(t.keys)
+                bar.update(len(p[0]))
+
+            # Leases split the partitions with other processes on this cache; parts stay the truth.
+            with Leases(store.root) as leases:
+                for claimed in leases.claim(partitions, name=partition_lease, done=partition_committed,
+                                            skip=done_elsewhere, window=getattr(runner, "window", 1)):
+                    if runner is not None:
+                        runner(label, claimed, summary, bar)
+                        continue
+                    for chunk, tasks in claimed:
+                        run_partition(chunk, tasks, summary.features, pool=pool, batch_size=batch_size,
+                                      summary=summary, on_clips=bar.update)
 
     def finalize(phase_names: list[str]) -> None:
         t0 = time.perf_counter()

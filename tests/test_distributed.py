@@ -17,7 +17,6 @@ from click.testing import CliRunner
 
 from clmer_features import testing as T
 from clmer_features.distributed import (
-    FAULTS_ENV,
     DaskRunner,
     clear_worker_cache,
     dask_client,
@@ -28,6 +27,7 @@ from clmer_features.engine import extract
 from clmer_features.store import open_store
 from clmer_features.store.maintenance import verify
 
+import _fault_runner
 from _extract_helpers import media, tiny_models  # noqa: F401  (fixtures)
 
 pytest.importorskip("distributed")
@@ -45,22 +45,19 @@ def clip_rows(media: dict[str, Path]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory) -> Path:
-    """The workers' fault folder (test hook): empty unless a test drops kill-/delay files in it."""
+    """The workers' fault folder (see tests/_fault_runner.WorkerFaults): empty unless a test drops
+    kill-/raise-/delay files in it."""
     return tmp_path_factory.mktemp("faults")
 
 
 @pytest.fixture(scope="module")
 def client(faults):
-    old = os.environ.get(FAULTS_ENV)
-    os.environ[FAULTS_ENV] = str(faults)  # the nannies spawn their workers with this environment
-    try:
-        with dask_client(workers=2, log=lambda m: None) as c:
-            yield c
-    finally:
-        if old is None:
-            os.environ.pop(FAULTS_ENV, None)
-        else:
-            os.environ[FAULTS_ENV] = old
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(_fault_runner)  # the workers cannot import tests/
+    with dask_client(workers=2, log=lambda m: None) as c:
+        c.register_plugin(_fault_runner.WorkerFaults(faults), name="clmer-test-faults")
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +103,12 @@ def assert_same_store(a: Path, b: Path, features: list[str]) -> None:
 
 def test_same_store_as_in_process_and_each_worker_loads_each_model_once(client, manifest, tiny_models,
                                                                          reference, tmp_path):
+    import torch
+
     ref_cache, ref_summary, threads = reference
     client.run(clear_worker_cache)
-    runner = DaskRunner(client, torch_threads=threads, log=lambda m: None)
+    runner = DaskRunner(client, log=lambda m: None)  # default: the client's torch threads, as in-process
+    assert runner.torch_threads == threads == torch.get_num_threads()
     s = extract(manifest, ["siglip", "bert"], tmp_path / "cache", models_dir=tiny_models, device="cpu",
                 partition_size=PARTITION, progress=False, runner=runner)
     assert_same_store(ref_cache, tmp_path / "cache", ["siglip", "bert"])
@@ -128,6 +128,10 @@ def test_same_store_as_in_process_and_each_worker_loads_each_model_once(client, 
         assert c["loads"] and set(c["loads"].values()) == {1}, c  # ... and still loaded each model once
     ran = {(r.worker, f) for r in runner.results for f in r.stats}
     assert sum(r.loads for r in runner.results) == len(ran) == sum(len(c["loads"]) for c in busy)
+
+    # The workers did their numeric work with the in-process thread count (a local cluster's workers
+    # start with 1: OMP_NUM_THREADS=1), which is why the numbers above are equal bit for bit.
+    assert set(client.run(torch.get_num_threads).values()) == {threads}
 
     # A second run on the same cluster with nothing to do loads nothing and submits nothing.
     again = DaskRunner(client, log=lambda m: None)
@@ -176,35 +180,25 @@ def test_cli_scheduler_and_option_errors(client, manifest, tiny_models, referenc
                             models_dir=tiny_models, progress=False, log=lambda m: None)
 
 
-def test_client_sigkilled_mid_run_then_rerun_computes_only_the_rest(client, manifest, tiny_models, tmp_path):
-    """The client (scheduler in-process, --workers 2) is SIGKILLed after 2 of 10 partitions committed."""
+def test_client_killed_mid_run_then_rerun_computes_only_the_rest(client, manifest, tiny_models, tmp_path):
+    """The client (scheduler in-process, --workers 2) dies (os._exit, like kill -9) once the results
+    of 2 of 10 partitions reached it (tests/_fault_runner.py)."""
     cache = tmp_path / "cache"
-    faults = tmp_path / "faults"
-    faults.mkdir()
-    (faults / "delay").write_text("1.0")
-    env = {**os.environ, FAULTS_ENV: str(faults)}
-    cmd = [sys.executable, "-c", "from clmer_features.cli import main; main()", "extract", str(manifest),
+    cmd = [sys.executable, str(Path(_fault_runner.__file__)), "dask-result", "2", "--", "extract", str(manifest),
            "-f", "siglip", "--cache", str(cache), "--models-dir", str(tiny_models), "--device", "cpu",
            "--partition-size", "1", "--workers", "2", "--no-progress"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 300
-        parts_dir = None
-        while time.time() < deadline and proc.poll() is None:
-            found = list(cache.glob("clips/features/siglip/*/parts"))
-            parts_dir = found[0] if found else None
-            if parts_dir and len([p for p in parts_dir.iterdir() if not p.name.startswith(".tmp-")]) >= 2:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
-        os.kill(proc.pid, signal.SIGKILL)
+        out = proc.communicate(timeout=300)[0].decode()
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+            proc.wait(30)
         with contextlib.suppress(ProcessLookupError):  # its nannies/workers/decoders: same session
             os.killpg(proc.pid, signal.SIGKILL)
-    assert parts_dir is not None
+    assert proc.returncode == _fault_runner.KILLED, out[-2000:]
+    time.sleep(0.5)  # the orphaned workers are gone: nothing writes any more
+    [parts_dir] = list(cache.glob("clips/features/siglip/*/parts"))
     committed = len([p for p in parts_dir.iterdir() if not p.name.startswith(".tmp-")])
     assert 2 <= committed < 10
     assert not (parts_dir.parent / "COMPLETE.json").exists()
@@ -257,9 +251,41 @@ def test_a_partition_that_keeps_failing_leaves_a_consistent_store(client, faults
     store = open_store(cache, "clips")
     feat = store.feature("siglip")  # finalized with the 3 partitions that succeeded
     assert feat.clip_ids == ["c0", "c1", "c2", "c3", "c4", "c5"]  # partition 2 (c6, c7, wav) is missing
-    assert verify(store).ok and len(parts_of(cache, "siglip")) == 3
+    rep = verify(store)  # sound, but 3 clips of the manifest are not extracted: a rerun completes it
+    assert rep.state == "unfinished" and not rep.corrupt and len(parts_of(cache, "siglip")) == 3
+    assert rep.unfinished == [f"siglip/{feat.spec.spec_id}: 3 clip(s) of the manifest snapshot are not extracted "
+                              "yet (rerun extract)"]
     runner = DaskRunner(client, log=lambda m: None)
     extract(manifest, ["siglip"], cache, models_dir=tiny_models, device="cpu", partition_size=PARTITION,
             progress=False, runner=runner)
     assert runner.partitions_run == 1 and not runner.failures
     assert open_store(cache, "clips").feature("siglip").clip_ids == [f"c{i}" for i in range(8)]
+
+
+def test_a_dask_client_and_a_local_run_on_one_cache_split_the_partitions(client, manifest, tiny_models, reference,
+                                                                          tmp_path):
+    """Leases: a Dask run and an in-process run started together on one cache compute each partition
+    once between them (the Dask client leases two partitions per worker at a time)."""
+    import threading
+
+    ref_cache, _, _ = reference
+    cache = tmp_path / "cache"
+    kw = dict(models_dir=tiny_models, device="cpu", partition_size=1, progress=False)
+    runner = DaskRunner(client, log=lambda m: None)
+    out: dict = {}
+    t = threading.Thread(target=lambda: out.setdefault("local", extract(manifest, ["siglip"], cache, **kw)))
+    t.start()
+    dask = extract(manifest, ["siglip"], cache, runner=runner, **kw)
+    t.join(120)
+    local = out["local"].features["siglip"]
+    d = dask.features["siglip"]
+
+    def work(s):
+        return s.done + s.failed + s.absent
+
+    assert work(d) + work(local) == 10 and d.skipped + local.skipped == 10  # every partition once
+    assert runner.partitions_run == work(d)
+    assert verify(open_store(cache, "clips")).ok
+    ref = open_store(ref_cache, "clips").feature("siglip")  # partition size differs from the reference:
+    got = open_store(cache, "clips").feature("siglip")      # compare values, not part names
+    assert got.clip_ids == ref.clip_ids and all(np.array_equal(got.get(c), ref.get(c)) for c in ref.clip_ids)
