@@ -1,6 +1,7 @@
 """Fault injection for the tests (a test hook: production code has none).
 
 As a script: ``python tests/_fault_runner.py POINT N -- clmer-features ARGS...`` runs the CLI
+(``python tests/_fault_runner.py serve`` runs many such runs, forked from one warm process)
 with the store's commit functions wrapped so that the process dies (``os._exit``, no cleanup,
 like ``kill -9``) right after the N-th time the run reaches commit point POINT:
 
@@ -102,7 +103,50 @@ def hold_first_partition(release: str) -> None:
     engine.run_partition = run_partition
 
 
+def serve() -> None:
+    """``_fault_runner.py serve``: import the CLI and the models' libraries once, then for each
+    JSON line on stdin ({"point", "nth", "args", "log"}) fork a child that runs like ``main``
+    (output to "log") and answer {"status": exit status} on stdout. Kills then cost a fork, not
+    a Python start with torch and transformers (seconds each). Nothing here runs torch before
+    forking, so the children start with fresh thread pools."""
+    import json
+
+    import clmer_features.cli  # noqa: F401
+    import clmer_features.engine  # noqa: F401
+    import clmer_features.extractors  # noqa: F401
+
+    try:
+        import transformers
+
+        for name in ("BertModel", "BertTokenizerFast", "AutoTokenizer", "SiglipVisionModel", "SiglipImageProcessor"):
+            getattr(transformers, name, None)  # resolve the lazy modules now, once
+    except ImportError:
+        pass
+    out = sys.stdout
+    for line in sys.stdin:
+        job = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            status = 0
+            try:
+                main([job["point"], str(job["nth"]), "--", *job["args"]])
+            except BaseException as exc:  # noqa: BLE001 - the child reports, never returns to the loop
+                print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+                status = getattr(exc, "code", 1) if isinstance(exc, SystemExit) else 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status if isinstance(status, int) else 1)
+        _, wstatus = os.waitpid(pid, 0)
+        out.write(json.dumps({"status": os.waitstatus_to_exitcode(wstatus)}) + "\n")
+        out.flush()
+
+
 def main(argv: list[str]) -> None:
+    if argv == ["serve"]:
+        return serve()
     point, nth, sep, *args = argv
     assert sep == "--", "usage: _fault_runner.py POINT N -- ARGS..."
     if point == "hold":
