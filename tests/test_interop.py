@@ -194,6 +194,12 @@ def test_cli_import_export(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["export", "ext", "--format", "hdf5", "-o", str(tmp_path / "x.h5"), "--dataset", "clips",
                                  "--cache", cache])
     assert r.exit_code == 0, r.output
+    assert "clip/s" not in r.output and "export ext:" not in r.output  # not a terminal: no progress bar
+    r2 = CliRunner().invoke(cli, ["export", "ext", "--format", "npy", "-o", str(tmp_path / "npy"), "--dataset", "clips",
+                                  "--cache", cache, "--no-progress"])
+    assert r2.exit_code == 0, r2.output
+    r2 = CliRunner().invoke(cli, ["verify", "--cache", cache])
+    assert r2.exit_code == 0 and "verify ext" not in r2.output, r2.output
     with h5py.File(tmp_path / "x.h5") as h:
         assert h["clip_ids"].asstr()[()].tolist() == IDS
         assert h["offsets"][-1] == sum(len(a) for a in feats.values())

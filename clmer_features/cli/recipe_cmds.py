@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from clmer_features.cli.store_cmds import progress_option, show_progress
 from clmer_features.interop import FORMATS, export_features, import_features
 from clmer_features.recipes import available, build_manifest, get_recipe
 from clmer_features.store import DEFAULT_CACHE
@@ -95,11 +96,12 @@ def import_cmd(fmt: str, source: str, manifest: str, feature: str, cache_dir: st
 @click.option("--h5-layout", type=click.Choice(["packed", "per-clip"]), default="packed", show_default=True,
               help="HDF5: one values array with offsets, or one dataset per clip.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@progress_option
 def export_cmd(feature: str, fmt: str, out: str, dataset: str, cache_dir: str, spec_id: str | None,
-               key: str | None, h5_layout: str, overwrite: bool) -> None:
+               key: str | None, h5_layout: str, overwrite: bool, no_progress: bool) -> None:
     """Export a finalized FEATURE of a store to a .npy folder, an HDF5 file or an MMSA pickle."""
     summary = export_features(feature, fmt, out, dataset=dataset, cache_dir=cache_dir, spec_id=spec_id, key=key,
-                              h5_layout=h5_layout, overwrite=overwrite)
+                              h5_layout=h5_layout, overwrite=overwrite, progress=show_progress(no_progress))
     click.echo(summary.text())
 
 
