@@ -51,7 +51,8 @@ def cpu_tiny(n_clips: int, batch: int, new_tokens: int, workdir: Path, repeats: 
     from clmer_features.testing import make_video, write_manifest
     from clmer_fusion.r1omni.decode import R1OmniDecoder
     from clmer_fusion.r1omni.load import load_r1omni
-    from clmer_fusion.r1omni.testing import OnTheFlyTowers, build_tiny_r1omni
+    from clmer_features.testing import OnTheFlyTowers
+    from clmer_fusion.r1omni.testing import build_tiny_r1omni
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     tiny = build_tiny_r1omni(workdir / "models")

@@ -252,3 +252,32 @@ def check_extractor(cls: Any, model_dir: str | Path, clips: list[Any], **params:
         np.testing.assert_allclose(alone.values, outs[-1].values, rtol=1e-3, atol=1e-4,
                                    err_msg=f"{cls.name}: batching changes the numbers")
     return outs
+
+
+# --------------------------------------------------------------------------- R1-Omni towers on the fly
+class OnTheFlyTowers:
+    """Run R1-Omni's towers on decoded clips, as inference without a cache does.
+
+    The outputs are rounded to float16 like the towers' outputs are when
+    R1-Omni runs them in half precision (and like the store keeps them).
+    """
+
+    def __init__(self, siglip_dir: str | Path, whisper_dir: str | Path, device: str = "cpu"):
+        from clmer_features.extractors.r1omni import R1OmniAudioExtractor, R1OmniVisionExtractor
+
+        self.vision = R1OmniVisionExtractor(Path(siglip_dir), device)
+        self.audio = R1OmniAudioExtractor(Path(whisper_dir), device)
+        self.vision.load()
+        self.audio.load()
+
+    def features(self, clips: list[Any]) -> tuple[Any, Any]:
+        """``(vision [B, T, N, C], audio [B, R, C])`` float16 for decoded clips."""
+        import numpy as np
+
+        from clmer_features.extractors.r1omni import pad_frames, siglip_patch_tokens, whisper_pooled
+
+        req = self.vision.frame_request()
+        vis = [siglip_patch_tokens(self.vision._model, self.vision._processor,
+                                   pad_frames(*c.frames[req], self.vision.num_frames)[0]) for c in clips]
+        aud = whisper_pooled(self.audio._encoder, self.audio._fe, [c.audio[: 30 * 16000] for c in clips])
+        return np.stack(vis).astype(np.float16), aud.astype(np.float16)

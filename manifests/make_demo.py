@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clmer_features.demo import make_demo_set  # noqa: E402
+from clmer_demo import make_demo_set  # noqa: E402
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from clmer_features import demo
+import clmer_demo as demo
 from clmer_features.manifest import read_manifest
 
 

@@ -159,7 +159,7 @@ def demo_cmd(workdir: str, clips: int, models_dir: str | None, device: str, meld
     siglip, emotion2vec, asr (real faster-whisper tiny.en for English) and bert
     (real MiniLM), trains a head from the cache and prints its scores.
     """
-    from clmer_features.demo import run_demo
+    from clmer_demo import run_demo
 
     report = run_demo(Path(workdir), n_clips=clips, models_dir=models_dir, device=device, meld=meld,
                       echo=click.echo)

@@ -15,15 +15,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION
 from clmer_fusion.r1omni.load import LoadedR1Omni
 from clmer_fusion.r1omni.model import AUDIO_SLOT, VIDEO_SLOT
 from clmer_fusion.r1omni.parse import parse_output
 
-DEFAULT_INSTRUCTION = (
-    "As an emotional recognition expert; throughout the video, which emotion conveyed by the "
-    "characters is the most obvious to you?  Output the thinking process in <think> </think> and "
-    "final emotion in <answer> </answer> tags."
-)
 SLOTS = {"<video>": VIDEO_SLOT, "<audio>": AUDIO_SLOT}
 WRAP = {"<video>": "<vi_start><video><vi_end>", "<audio>": "<au_start><audio><au_end>"}
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")

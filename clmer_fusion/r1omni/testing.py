@@ -12,9 +12,9 @@
 - ``root/whisper``: a tiny Whisper (128 mel bins, 1500 encoder positions) +
   feature extractor.
 
-The on-the-fly helpers run the towers here, importing them lazily: this
-module is for tests and benchmarks only; the decoding package never imports
-a tower.
+Running the towers on decoded clips (the on-the-fly path that tests and the
+benchmark compare the cache with) is ``clmer_features.testing.OnTheFlyTowers``:
+the decoding package never imports a tower or ``clmer_features``' extractors.
 """
 from __future__ import annotations
 
@@ -163,30 +163,3 @@ def build_tiny_r1omni(root: str | Path, seed: int = 0, sizes: TinySizes = TinySi
     state.update({k: v.contiguous() for k, v in towers.items()})
     save_file(state, str(model_dir / "model.safetensors"))
     return TinyR1Omni(root=root, model_dir=model_dir, siglip_dir=sig_dir, whisper_dir=wh_dir)
-
-
-# --- on-the-fly path: towers run now, no store -------------------------------------
-class OnTheFlyTowers:
-    """Run R1-Omni's towers on decoded clips, as inference without a cache does.
-
-    The outputs are rounded to float16 like the towers' outputs are when
-    R1-Omni runs them in half precision (and like the store keeps them).
-    """
-
-    def __init__(self, siglip_dir: str | Path, whisper_dir: str | Path, device: str = "cpu"):
-        from clmer_features.extractors.r1omni import R1OmniAudioExtractor, R1OmniVisionExtractor
-
-        self.vision = R1OmniVisionExtractor(Path(siglip_dir), device)
-        self.audio = R1OmniAudioExtractor(Path(whisper_dir), device)
-        self.vision.load()
-        self.audio.load()
-
-    def features(self, clips: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """``(vision [B, T, N, C], audio [B, R, C])`` float16 for decoded clips."""
-        from clmer_features.extractors.r1omni import pad_frames, siglip_patch_tokens, whisper_pooled
-
-        req = self.vision.frame_request()
-        vis = [siglip_patch_tokens(self.vision._model, self.vision._processor,
-                                   pad_frames(*c.frames[req], self.vision.num_frames)[0]) for c in clips]
-        aud = whisper_pooled(self.audio._encoder, self.audio._fe, [c.audio[: 30 * 16000] for c in clips])
-        return np.stack(vis).astype(np.float16), aud.astype(np.float16)

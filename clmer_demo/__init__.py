@@ -1,5 +1,8 @@
 """The demo: a small bilingual set, all four features, a head trained from the cache.
 
+It sits above both packages (it extracts with ``clmer_features`` and trains with ``clmer_fusion``),
+so neither package imports the other for it; ``clmer-features demo`` imports it lazily.
+
 ``make_demo_set`` speaks English and Mandarin sentences with espeak-ng and puts
 each over a moving ffmpeg test pattern. English sentences come from MELD
 (``../shared/data/meld``) with their sentiment labels when that folder exists,
@@ -20,6 +23,7 @@ import re
 import shutil
 import subprocess
 import time
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Callable
 
@@ -145,21 +149,32 @@ def make_demo_set(out_dir: str | Path, n_clips: int = 32, meld: str | Path | Non
     for lang, items in (("en", en), ("zh", zh)):
         for i, item in enumerate(items):
             cid = f"{lang}_{i:03d}"
-            k = sum(1 for r in items[:i] if r["label"] == item["label"])  # index within its label
-            split = ("train", "train", "train", "val", "test")[k % 5]
             path = make_clip(item["reference"], lang, media / f"{cid}.mp4", PATTERNS[i % len(PATTERNS)],
                              (37 * i) % 360)
             rows.append({
                 "clip_id": cid, "video": f"media/{path.name}", "language": lang, "label": item["label"],
                 "text": item["reference"] if lang == "zh" else "", "reference": item["reference"],
-                "split": split, "speaker": f"espeak-{VOICES[lang]}", "source": item.get("source", ""),
+                "split": "", "speaker": f"espeak-{VOICES[lang]}", "source": item.get("source", ""),
             })
+    assign_splits(rows)
     manifest = out_dir / "demo.csv"
     with open(manifest, "w", encoding="utf-8", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     return manifest
+
+
+def assign_splits(rows: list[dict[str, Any]]) -> None:
+    """Splits 3:1:1 within each label, the languages taking turns, test before val: so that even
+    the smallest demo (8 clips) has clips of every label in train and clips to test on."""
+    cycle = ("train", "test", "val", "train", "train")
+    for lab in LABELS:
+        mine = [r for r in rows if r["label"] == lab]
+        by_lang = {lg: [r for r in mine if r["language"] == lg] for lg in VOICES}
+        turns = [r for group in zip_longest(*by_lang.values()) for r in group if r is not None]
+        for k, r in enumerate(turns):
+            r["split"] = cycle[k % len(cycle)]
 
 
 # --------------------------------------------------------------------------- the run
@@ -253,16 +268,19 @@ def run_demo(workdir: str | Path, n_clips: int = 32, models_dir: str | Path | No
 
 
 def train_table(manifest: Path, cache: Path) -> str:
-    """Test-set scores of a linear head per modality and fused (clmer_fusion)."""
+    """Test-set scores of a linear head per modality and fused (clmer_fusion), with the split sizes."""
     from clmer_fusion.train import train_from_store
 
     combos = [["bert"], ["emotion2vec"], ["siglip"], ["siglip", "emotion2vec", "bert"]]
-    lines = [f"{'modalities':<28}{'n test':>8}{'WAR':>8}{'UAR':>8}{'macro F1':>10}"]
+    lines = [f"{'modalities':<28}{'train/val/test':>16}{'WAR':>8}{'UAR':>8}{'macro F1':>10}"]
     for feats in combos:
         res = train_from_store(manifest, cache, feats, head="linear", protocol="splits", missing="drop",
                                seed=0, max_epochs=200)
-        m = res.metrics_by_split().get("test", {})
-        n = next((r.get("n") for r in res.rows if r.get("set") == "test"), "-")
-        lines.append(f"{'+'.join(feats):<28}{n!s:>8}{m.get('war', float('nan')):>8.3f}"
-                     f"{m.get('uar', float('nan')):>8.3f}{m.get('macro_f1', float('nan')):>10.3f}")
+        n = {r["set"]: r.get("n", 0) for r in res.rows}
+        sizes = f"{n.get('train', 0)}/{n.get('val', 0)}/{n.get('test', 0)}"
+        m = res.metrics_by_split().get("test")
+        if not m:
+            lines.append(f"{'+'.join(feats):<28}{sizes:>16}  no test clips: nothing to score")
+            continue
+        lines.append(f"{'+'.join(feats):<28}{sizes:>16}{m['war']:>8.3f}{m['uar']:>8.3f}{m['macro_f1']:>10.3f}")
     return "\n".join(lines)
