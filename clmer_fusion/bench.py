@@ -17,7 +17,11 @@ Config (YAML), every key optional except a data source:
     explain: true                # Shapley over subsets (needs subsets: all)
     threads: 1                   # torch CPU threads per process (1 is fastest for small heads)
     workers: 1                   # processes for the grid (2 on a 2-core machine); same numbers
-    out: runs/bench
+    spec_ids: {bert: 094219969c06}   # which spec of a feature, where the store holds several
+    check_fresh: false           # true: refuse features whose media changed since extraction
+    out: runs/bench              # relative to the working directory (default runs/<config name>)
+Relative ``manifest`` and ``cache`` paths are read from the config's folder; the manifest gives
+ids, labels and splits only (its media are not read).
 """
 from __future__ import annotations
 
@@ -31,13 +35,14 @@ import numpy as np
 import polars as pl
 
 from clmer_features.errors import ClmerError
-from clmer_fusion.data import FusionData, load_from_store
-from clmer_fusion.explain import all_subsets, explain_outputs, prior_of, subset_name
+from clmer_fusion.data import FusionData
+from clmer_fusion.explain import all_subsets, explain_outputs, format_share, prior_of, shares_of
 from clmer_fusion.fit import TrainConfig
 from clmer_fusion.metrics import primary_metric
 from clmer_fusion.protocols import make_folds, normalize
 from clmer_fusion.record import digest, file_sha256, git_revision, machine, package_versions
 from clmer_fusion.gridrun import run_jobs
+from clmer_fusion.request import Request, load, open_sources
 from clmer_fusion.train import SHOW
 
 ID_COLS = ["protocol", "head", "subset", "seed", "fold", "set"]
@@ -56,9 +61,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ClmerError(f"{p}: expected a mapping at the top level")
     base = p.resolve().parent
-    for key in ("manifest", "cache", "out"):
+    for key in ("manifest", "cache"):              # data paths: relative to the config's folder
         if key in cfg and not Path(cfg[key]).is_absolute():
             cfg[key] = str(base / cfg[key])
+    cfg["out"] = str(Path(cfg.get("out") or Path("runs") / p.stem).resolve())   # outputs: the working directory
     return cfg
 
 
@@ -72,16 +78,20 @@ def load_data(cfg: dict[str, Any]) -> tuple[FusionData, dict[str, Any]]:
     for key in ("manifest", "cache", "features"):
         if key not in cfg:
             raise ClmerError(f"bench config needs '{key}' (or a 'synthetic' section)")
-    level = cfg.get("level", "utterance")
-    data = load_from_store(cfg["manifest"], cfg["cache"], list(cfg["features"]), target=cfg.get("target", "label"),
-                           pool=cfg.get("pool", "mean"), missing=cfg.get("missing", "drop"), level=level,
-                           dataset=cfg.get("dataset"), spec_ids=cfg.get("spec_ids"))
+    src = open_sources(request_of(cfg))
+    data = load(src)
     prov = {"source": "store", "manifest": str(cfg["manifest"]), "manifest_sha256": file_sha256(cfg["manifest"]),
-            "spec_ids": data.spec_ids, "clips": data.n, "missing": data.missing_report}
-    from clmer_features.manifest import read_manifest
-
-    prov["manifest_fingerprint"] = read_manifest(cfg["manifest"], dataset=cfg.get("dataset")).fingerprint()
+            "spec_ids": data.spec_ids, "clips": data.n, "missing": data.missing_report,
+            "manifest_fingerprint": src.fingerprint()}
     return data, prov
+
+
+def request_of(cfg: dict[str, Any]) -> Request:
+    """The data request a store-backed config makes (``spec_ids: {feature: spec_id}`` chooses specs)."""
+    return Request.create(cfg["manifest"], cfg["cache"], list(cfg["features"]), spec_ids=cfg.get("spec_ids"),
+                          target=cfg.get("target", "label"), level=cfg.get("level", "utterance"),
+                          pool=cfg.get("pool", "mean"), missing=cfg.get("missing", "drop"),
+                          dataset=cfg.get("dataset"), check_fresh=bool(cfg.get("check_fresh", False)))
 
 
 def _subsets(cfg: dict[str, Any], mods: list[str]) -> list[list[str]]:
@@ -177,13 +187,14 @@ def _shapley(data, protocols, heads, seeds, outs, cfg) -> dict[str, Any]:
                 key = f"{fold.name}/{ev_name}"
                 subset_outs = {s: outs[(p["name"], h, s, seed, key)] for s in all_subsets(mods)[1:]}
                 per_seed.append(explain_outputs(ev, subset_outs, prior_of(data.take(fold.train)), metric))
+                where = {"fold": fold.name, "set": ev_name}
             phi = {m: float(np.mean([e.metric_shapley[m] for e in per_seed])) for m in mods}
-            tot = sum(phi.values())
+            shares, note = shares_of(phi, metric)
             groups = pl.concat(e.groups for e in per_seed).group_by("group", maintain_order=True).agg(
                 pl.col("n").first(), *[pl.col(m).mean() for m in mods])
             result[f"{p['name']}/{h}"] = {
                 "metric": metric, "metric_shapley": phi,
-                "shares": {m: (v / tot if tot else float("nan")) for m, v in phi.items()},
+                "shares": shares, "shares_note": note, **where,
                 "subset_scores": {k: float(np.mean([e.subset_scores[k] for e in per_seed]))
                                   for k in per_seed[0].subset_scores},
                 "groups": groups.to_dicts(),
@@ -216,9 +227,12 @@ def shapley_markdown(shap: dict[str, Any]) -> str:
     lines = []
     for key, v in shap.items():
         mods = list(v["metric_shapley"])
-        lines += [f"### {key}: Shapley on {v['metric']} (mean over seeds)", "",
+        where = f"{v['fold']}, set {v['set']}; " if v.get("fold") else ""
+        lines += [f"### {key}: Shapley on {v['metric']} ({where}mean over seeds)", "",
                   "| modality | shapley | share |", "|---|---|---|"]
-        lines += [f"| {m} | {v['metric_shapley'][m]:.4f} | {v['shares'][m]:.3f} |" for m in mods]
+        lines += [f"| {m} | {v['metric_shapley'][m]:.4f} | {format_share(v['shares'][m])} |" for m in mods]
+        if v.get("shares_note"):
+            lines += ["", v["shares_note"]]
         lines += ["", "| group | n | " + " | ".join(mods) + " |", "|" + "---|" * (2 + len(mods))]
         lines += [f"| {g['group']} | {g['n']} | " + " | ".join(f"{g[m]:.4f}" for m in mods) + " |"
                   for g in v["groups"]]

@@ -1,6 +1,6 @@
 """Features + labels as arrays: utterance level (pooled) or frame level (padded, with masks).
 
-Reads only through ``clmer_features.store`` and ``clmer_features.manifest`` (numpy/zarr/polars).
+Filled by :func:`clmer_fusion.request.load` from the store (or by ``synthetic.make_synthetic``).
 Missing-modality policy, reported in ``FusionData.missing_report``:
 - "drop": keep only clips that have every selected modality;
 - "embed": keep every clip that has at least one; a head replaces an absent modality with a learned
@@ -115,99 +115,21 @@ def encode_labels(values: Sequence[Any], classes: Sequence[str] | None = None) -
     return np.array([pos[v] for v in names], np.int64), classes
 
 
-def _pad(seqs: list[np.ndarray], dim: int, max_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    t = max([min(len(s), max_frames) for s in seqs] + [1])
-    out = np.zeros((len(seqs), t, dim), np.float32)
-    mask = np.zeros((len(seqs), t), bool)
-    for i, s in enumerate(seqs):
-        if len(s) > max_frames:  # uniform subsample keeps the whole clip's span
-            s = s[np.linspace(0, len(s) - 1, max_frames).round().astype(int)]
-        out[i, : len(s)] = s
-        mask[i, : len(s)] = True
-    return out, mask
-
-
-def _pooled(feat: Any, ids: list[str], rows: list[int], pool: str) -> tuple[np.ndarray, list[int]]:
-    """Utterance vectors of clips that have rows (clips with zero rows count as absent)."""
-    if not ids:
-        return np.zeros((0, 1), np.float32), []
-    values, offsets = feat.sequences(ids)
-    lengths = np.diff(offsets)
-    ok = lengths > 0
-    rows = [r for r, k in zip(rows, ok) if k]
-    if pool == "model":
-        return np.asarray(feat.pooled([i for i, k in zip(ids, ok) if k], how="model"), np.float32), rows
-    if pool not in ("mean", "max"):
-        raise ClmerError(f"pool must be mean, max, model or attention, not {pool!r}")
-    starts = offsets[:-1][ok]
-    if pool == "mean":
-        out = np.add.reduceat(values, starts, axis=0, dtype=np.float64) / lengths[ok][:, None]
-    else:
-        out = np.maximum.reduceat(values, starts, axis=0) if len(starts) else np.zeros((0, values.shape[1]))
-    return np.asarray(out, np.float32), rows
-
-
 def load_from_store(
     manifest_path: str | Path, cache_dir: str | Path, features: Sequence[str], *,
     target: str = "label", pool: str = "mean", level: str = "utterance", missing: str = "drop",
     dataset: str | None = None, max_frames: int = 256, spec_ids: dict[str, str] | None = None,
+    check_fresh: bool = False,
 ) -> FusionData:
-    """Read a manifest and finalized features from the store into a ``FusionData``.
+    """Shorthand for ``clmer_fusion.request.load(Request.create(...))`` (see there).
 
     ``pool``: "mean" | "max" | "model" (the extractor's own utterance vector) for utterance level;
     ``level="frame"`` gives padded sequences (used by the temporal head and by attention pooling).
-    Clips without a ``target`` value are left out (counted in the report).
+    Clips without a ``target`` value are left out (counted in the report). The manifest's media
+    are not read unless ``check_fresh``.
     """
-    from clmer_features.manifest import read_manifest
-    from clmer_features.store import open_store
+    from clmer_fusion.request import Request, load
 
-    man = read_manifest(manifest_path, dataset=dataset)
-    df = man.df
-    if target not in df.columns:
-        raise ClmerError(f"{manifest_path}: no '{target}' column to train on")
-    df = df.filter(pl.col(target).is_not_null())
-    no_target = man.df.height - df.height
-    if df.height == 0:
-        raise ClmerError(f"{manifest_path}: no clip has a '{target}' value")
-    store = open_store(cache_dir, man.dataset)
-    clip_ids = df["clip_id"].cast(pl.Utf8).to_list()
-    x: dict[str, np.ndarray] = {}
-    masks: dict[str, np.ndarray] = {}
-    present = np.zeros((len(clip_ids), len(features)), bool)
-    used_specs: dict[str, str] = {}
-    for j, name in enumerate(features):
-        feat = store.feature(name, spec_id=(spec_ids or {}).get(name))
-        used_specs[name] = feat.spec.spec_id
-        have = set(feat.clip_ids)
-        rows = [i for i, c in enumerate(clip_ids) if c in have]
-        ids = [clip_ids[i] for i in rows]
-        if level == "frame":
-            seqs = [np.asarray(s, np.float32) for s in feat.get_many(ids)] if ids else []
-            keep = [k for k, s_ in enumerate(seqs) if len(s_)]          # a clip with no rows is absent
-            rows, seqs = [rows[k] for k in keep], [seqs[k] for k in keep]
-            dim = seqs[0].shape[-1] if seqs else 1
-            vals, mk = _pad(seqs, dim, max_frames)
-            full = np.zeros((len(clip_ids), vals.shape[1], dim), np.float32)
-            fmask = np.zeros((len(clip_ids), vals.shape[1]), bool)
-            full[rows], fmask[rows] = vals, mk
-            x[name], masks[name] = full, fmask
-        else:
-            vals, rows = _pooled(feat, ids, rows, pool)
-            full = np.zeros((len(clip_ids), vals.shape[1]), np.float32)
-            full[rows] = vals
-            x[name] = full
-        present[rows, j] = True
-    if target == "label":
-        y, classes = encode_labels(df["label"].to_list())
-        task = "classification"
-    else:
-        y, classes, task = df[target].cast(pl.Float32).to_numpy(), [], "regression"
-    meta_cols = ["clip_id"] + [c for c in META_COLUMNS if c in df.columns]
-    data = FusionData(
-        clip_ids=clip_ids, modalities=list(features), x=x, present=present, y=y, task=task,
-        classes=classes, meta=df.select(meta_cols), mask=masks if level == "frame" else None,
-        spec_ids=used_specs,
-    )
-    data = data.apply_missing(missing)
-    data.missing_report["no_target"] = int(no_target)
-    return data
+    return load(Request.create(manifest_path, cache_dir, features, spec_ids=spec_ids, target=target,
+                               level=level, pool=pool, missing=missing, dataset=dataset,
+                               max_frames=max_frames, check_fresh=check_fresh))

@@ -8,7 +8,8 @@ Value of a subset S, two ways (``method``):
   of 2^M - 1, but only as good as the missing embedding.
 Quantities: the metric on the evaluation set (e.g. UAR), and per clip the probability of the class
 the full model predicts (the predicted value for regression), aggregated per class (true label)
-and per language.
+and per language. Every fold of the protocol and every evaluation set of a fold is explained
+(cross-lingual: the in-language and each cross-language test set), each result naming its set.
 """
 from __future__ import annotations
 
@@ -48,9 +49,34 @@ def shapley(values: dict[frozenset[str], Any], players: Sequence[str]) -> dict[s
     return out
 
 
+def shares_of(phi: dict[str, float], metric: str = "the metric") -> tuple[dict[str, float | None], str]:
+    """Each modality's share of the total Shapley value, and a note saying how to read them.
+
+    A share is defined only when the total is positive (the modalities together beat the
+    no-input baseline); otherwise every share is None and the note says why. A negative share
+    under a positive total is a modality that lowers the score.
+    """
+    total = float(sum(phi.values()))
+    if not total > 1e-12:
+        return ({m: None for m in phi},
+                f"shares undefined: together the modalities do not beat the no-input baseline on {metric} "
+                f"(total {total:+.4f}); read the Shapley values themselves")
+    out = {m: v / total for m, v in phi.items()}
+    hurt = [m for m, v in phi.items() if v < 0]
+    note = f"share = Shapley value / total ({total:+.4f})"
+    if hurt:
+        note += f"; a negative share ({', '.join(hurt)}) lowers {metric}, so the other shares exceed their part"
+    return out, note
+
+
+def format_share(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 @dataclass
 class Explanation:
-    """Shapley values of each modality: on the metric, and per clip aggregated by group."""
+    """Shapley values of each modality on one evaluation set (``fold``/``eval_set``): on the metric,
+    and per clip aggregated by group."""
 
     modalities: list[str]
     metric: str
@@ -58,17 +84,20 @@ class Explanation:
     metric_shapley: dict[str, float]
     clip_shapley: pl.DataFrame                       # clip_id, label, language, one column per modality
     groups: pl.DataFrame = field(default_factory=pl.DataFrame)   # group, n, per-modality mean values
+    fold: str = ""
+    eval_set: str = ""
 
-    def shares(self) -> dict[str, float]:
-        """Metric Shapley values normalised to sum to one."""
-        tot = sum(self.metric_shapley.values())
-        return {m: (v / tot if tot else float("nan")) for m, v in self.metric_shapley.items()}
+    def shares(self) -> dict[str, float | None]:
+        """Metric Shapley values over their total (None for every modality when undefined)."""
+        return shares_of(self.metric_shapley, self.metric)[0]
 
     def table(self) -> str:
-        sh = self.shares()
-        lines = [f"Shapley value of each modality on {self.metric} (and share of the total)",
+        sh, note = shares_of(self.metric_shapley, self.metric)
+        where = f" on {self.fold}, set {self.eval_set} ({self.clip_shapley.height} clips)" if self.fold else ""
+        lines = [f"Shapley value of each modality on {self.metric}{where}",
                  f"{'modality':<14} {'shapley':>9} {'share':>7}"]
-        lines += [f"{m:<14} {self.metric_shapley[m]:>9.4f} {sh[m]:>7.3f}" for m in self.modalities]
+        lines += [f"{m:<14} {self.metric_shapley[m]:>9.4f} {format_share(sh[m]):>7}" for m in self.modalities]
+        lines.append(note)
         lines.append("")
         lines.append("mean Shapley value on the predicted-class probability, per group")
         lines.append(f"{'group':<22} {'n':>6} " + " ".join(f"{m:>10}" for m in self.modalities))
@@ -77,9 +106,10 @@ class Explanation:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "subset_scores": self.subset_scores,
-                "metric_shapley": self.metric_shapley, "shares": self.shares(),
-                "groups": self.groups.to_dicts()}
+        sh, note = shares_of(self.metric_shapley, self.metric)
+        return {"fold": self.fold, "set": self.eval_set, "n": self.clip_shapley.height, "metric": self.metric,
+                "subset_scores": self.subset_scores, "metric_shapley": self.metric_shapley, "shares": sh,
+                "shares_note": note, "groups": self.groups.to_dicts()}
 
 
 def subset_name(s: frozenset[str], order: Sequence[str]) -> str:
@@ -138,29 +168,45 @@ def prior_of(train: FusionData) -> np.ndarray | float:
     return float(np.mean(train.y))
 
 
+def evaluation_sets(fold: Any) -> list[str]:
+    """A fold's evaluation sets other than train and val ("test", "in:en", "cross:zh", ...); val if none."""
+    sets = [k for k in fold.tests if k not in ("train", "val")]
+    return sets or ["val"]
+
+
 def explain(
     data: FusionData, config: TrainConfig, protocol: str | dict[str, Any] = "splits", *,
-    method: str = "retrain", eval_set: str = "test", metric: str | None = None,
-) -> Explanation:
-    """Shapley explanation on the first fold's ``eval_set`` of ``protocol``."""
-    fold = make_folds(data, protocol, seed=config.seed)[0]
-    if eval_set not in fold.tests:
-        eval_set = "val"
-    train, val, ev = data.take(fold.train), data.take(fold.val), data.take(fold.tests[eval_set])
-    mods = list(data.modalities)
-    outputs: dict[frozenset[str], np.ndarray] = {}
-    if method == "retrain":
-        for s in all_subsets(mods)[1:]:
-            keep = [m for m in mods if m in s]
-            model = fit(train.select(keep), val.select(keep), config)
-            outputs[s] = model.predict(ev.select(keep))
-        return explain_outputs(ev, outputs, prior_of(train), metric)
-    if method != "mask":
+    method: str = "retrain", metric: str | None = None,
+) -> list[Explanation]:
+    """Shapley explanations on every fold of ``protocol`` and every evaluation set of each fold
+    (one head per modality subset and fold; each explanation names its fold and set)."""
+    if method not in ("retrain", "mask"):
         from clmer_features.errors import ClmerError
         raise ClmerError(f"Shapley method must be 'retrain' or 'mask', not {method!r}")
-    cfg = config if config.modality_dropout > 0 else TrainConfig.from_dict({**config.to_dict(), "modality_dropout": 0.3})
-    model = fit(train, val, cfg)
-    for s in all_subsets(mods):
-        cols = np.array([m in s for m in mods])
-        outputs[s] = model.predict(ev, present=ev.present & cols[None, :])
-    return explain_outputs(ev, outputs, prior_of(train), metric)
+    mods = list(data.modalities)
+    out: list[Explanation] = []
+    for fold in make_folds(data, protocol, seed=config.seed):
+        train, val = data.take(fold.train), data.take(fold.val)
+        sets = {name: data.take(fold.tests[name]) for name in evaluation_sets(fold)}
+        outputs: dict[str, dict[frozenset[str], np.ndarray]] = {name: {} for name in sets}
+        if method == "retrain":
+            for s in all_subsets(mods)[1:]:
+                keep = [m for m in mods if m in s]
+                model = fit(train.select(keep), val.select(keep), config)
+                for name, ev in sets.items():
+                    outputs[name][s] = model.predict(ev.select(keep))
+        else:
+            cfg = config if config.modality_dropout > 0 else \
+                TrainConfig.from_dict({**config.to_dict(), "modality_dropout": 0.3})
+            model = fit(train, val, cfg)
+            for s in all_subsets(mods):
+                cols = np.array([m in s for m in mods])
+                for name, ev in sets.items():
+                    outputs[name][s] = model.predict(ev, present=ev.present & cols[None, :])
+        for name, ev in sets.items():
+            if ev.n == 0:
+                continue
+            e = explain_outputs(ev, outputs[name], prior_of(train), metric)
+            e.fold, e.eval_set = fold.name, name
+            out.append(e)
+    return out

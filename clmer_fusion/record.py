@@ -10,10 +10,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("clmer", "numpy", "torch", "polars", "zarr", "pyarrow", "matplotlib", "pyyaml", "click")
+PACKAGES = ("clmer", "numpy", "torch", "transformers", "polars", "zarr", "pyarrow", "matplotlib", "pyyaml", "click")
 
 
 def package_versions() -> dict[str, str]:
+    """Python and the versions of the packages that can change a run's numbers ("not installed")."""
     out = {"python": sys.version.split()[0]}
     for name in PACKAGES:
         try:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 import polars as pl
 
-from clmer_fusion.data import FusionData, load_from_store
+from clmer_fusion.data import FusionData
 from clmer_fusion.fit import Fitted, TrainConfig, fit
 from clmer_fusion.metrics import score
 from clmer_fusion.protocols import make_folds, normalize
@@ -173,24 +173,34 @@ def _retention(rows: list[dict[str, Any]], fold: str, task: str) -> list[dict[st
     return out
 
 
+def request_level(head: str, pool: str) -> tuple[str, str]:
+    """(level, store pooling) a head needs: the temporal head and attention pooling read frame rows."""
+    if head == "temporal" or pool == "attention":
+        return "frame", "mean"
+    return "utterance", pool
+
+
 def train_from_store(
     manifest_path: str | Path, cache_dir: str | Path, features: Sequence[str], head: str = "mlp", *,
     protocol: str | dict[str, Any] = "splits", target: str = "label", missing: str = "drop",
     pool: str = "mean", seed: int = 0, ci: int = 0, dataset: str | None = None,
-    spec_ids: dict[str, str] | None = None, out_dir: str | Path | None = None, **options: Any,
+    spec_ids: dict[str, str] | None = None, out_dir: str | Path | None = None, check_fresh: bool = False,
+    **options: Any,
 ) -> Result:
     """Load ``features`` for the manifest's clips from the store, train ``head``, score it.
 
     ``options`` are ``TrainConfig`` fields (lr, hidden, batch_size, max_epochs, patience,
     class_weights, ...). The temporal head and ``pool="attention"`` read frame-level sequences.
+    The manifest gives ids and labels only; its media are not read unless ``check_fresh``.
     """
+    from clmer_fusion.request import Request, load
+
     cfg = TrainConfig.from_dict({"head": head, "seed": seed,
                                  "pool": "attention" if pool == "attention" else "mean", **options})
-    level = "frame" if head == "temporal" or pool == "attention" else "utterance"
-    data = load_from_store(manifest_path, cache_dir, features, target=target,
-                           pool=pool if level == "utterance" else "mean", level=level,
-                           missing=missing, dataset=dataset, spec_ids=spec_ids)
-    result = run(data, cfg, protocol, ci=ci)
+    level, store_pool = request_level(head, pool)
+    req = Request.create(manifest_path, cache_dir, features, spec_ids=spec_ids, target=target, level=level,
+                         pool=store_pool, missing=missing, dataset=dataset, check_fresh=check_fresh)
+    result = run(load(req), cfg, protocol, ci=ci)
     if out_dir is not None:
         result.save(out_dir)
     return result

@@ -49,11 +49,16 @@ def _features(value: str) -> list[str]:
 @click.option("--explain", is_flag=True, help="Also compute exact Shapley values of the modalities.")
 @click.option("--shapley-method", default="retrain", show_default=True, type=click.Choice(["retrain", "mask"]))
 @click.option("--dataset", default=None, help="Store dataset name (default: the manifest's file stem).")
+@click.option("--spec", "specs", multiple=True, metavar="FEATURE=SPEC_ID",
+              help="Which spec of a feature to use where the store holds several (repeatable).")
+@click.option("--check-fresh", is_flag=True,
+              help="Fingerprint the manifest's media and refuse features extracted from media that changed since "
+                   "(by default the media are not read at all: the cache and the manifest are enough).")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Output folder (default runs/<dataset>/<head>_<features>).")
 def train_cmd(manifest, cache, features, head, target, protocol, k, group_column, missing, pool, seed, lr, hidden,
               batch_size, max_epochs, patience, select, class_weights, device, threads, ci, explain,
-              shapley_method, dataset, out) -> None:
+              shapley_method, dataset, specs, check_fresh, out) -> None:
     """Train a fusion head on cached features and score it.
 
     Prints a table per fold and evaluation set and writes OUT/metrics.json (per split: war, uar,
@@ -69,13 +74,16 @@ def train_cmd(manifest, cache, features, head, target, protocol, k, group_column
     from clmer_fusion.explain import explain as explain_fn
     from clmer_fusion.fit import TrainConfig
     from clmer_fusion.plots import shapley_bars
-    from clmer_fusion.train import train_from_store
+    from clmer_fusion.request import Request, load, parse_spec_options
+    from clmer_fusion.train import request_level, run
 
     import torch
 
     if threads > 0:
         torch.set_num_threads(threads)
     feats = _features(features)
+    if explain and len(feats) < 2:
+        raise ClmerError("--explain needs at least two features (modalities)")
     proto: dict = {"name": protocol}
     if protocol == "kfold":
         proto["k"] = k
@@ -88,27 +96,35 @@ def train_cmd(manifest, cache, features, head, target, protocol, k, group_column
     options = {key: v for key, v in dict(lr=lr, hidden=hidden, batch_size=batch_size, max_epochs=max_epochs,
                                           patience=patience, select=select).items() if v is not None}
     options.update(class_weights=class_weights, device=device)
+    cfg = TrainConfig.from_dict({"head": head, "seed": seed, "pool": "attention" if pool == "attention" else "mean",
+                                 **options})
+    level, store_pool = request_level(head, pool)
+    req = Request.create(manifest, cache, feats, spec_ids=parse_spec_options(specs), target=target, level=level,
+                         pool=store_pool, missing=missing, dataset=dataset, check_fresh=check_fresh)
+    data = load(req)                                   # once, for training and explaining alike
     out_dir = Path(out) if out else Path("runs") / (dataset or Path(manifest).stem) / f"{head}_{'+'.join(feats)}"
-    res = train_from_store(manifest, cache, feats, head, protocol=proto, target=target, missing=missing,
-                           pool=pool, seed=seed, ci=ci, dataset=dataset, out_dir=out_dir, **options)
+    res = run(data, cfg, proto, ci=ci)
+    res.save(out_dir)
     click.echo(res.table())
     rep = res.missing_report
     click.echo(f"missing-modality policy {rep.get('policy')}: kept {rep.get('kept')} of {rep.get('clips')} clips "
                f"(missing per modality {rep.get('missing_per_modality')}; no target {rep.get('no_target', 0)})")
     if explain:
-        if len(feats) < 2:
-            raise ClmerError("--explain needs at least two features (modalities)")
-        from clmer_fusion.data import load_from_store
+        exps = explain_fn(data, res.config, proto, method=shapley_method)
+        click.echo(f"explained {len(exps)} evaluation set(s): "
+                   + ", ".join(f"{e.fold}/{e.eval_set}" for e in exps))
+        for e in exps:
+            click.echo("")
+            click.echo(e.table())
+        (out_dir / "shapley.json").write_text(json.dumps([e.to_dict() for e in exps], indent=2))
+        import polars as pl
 
-        level = "frame" if head == "temporal" or pool == "attention" else "utterance"
-        data = load_from_store(manifest, cache, feats, target=target, pool=pool if level == "utterance" else "mean",
-                               level=level, missing=missing, dataset=dataset)
-        exp = explain_fn(data, res.config, proto, method=shapley_method)
-        click.echo(exp.table())
-        (out_dir / "shapley.json").write_text(json.dumps(exp.to_dict(), indent=2))
-        exp.clip_shapley.write_csv(out_dir / "shapley_clips.csv")
-        shapley_bars({g["group"]: {m: g[m] for m in feats} for g in exp.groups.to_dicts()}, feats,
-                     out_dir / "shapley.png", title=f"Shapley on predicted-class probability ({head})")
+        pl.concat([e.clip_shapley.select(pl.lit(e.fold).alias("fold"), pl.lit(e.eval_set).alias("set"), pl.all())
+                   for e in exps]).write_csv(out_dir / "shapley_clips.csv")
+        bars = ({g["group"]: {m: g[m] for m in feats} for g in exps[0].groups.to_dicts()} if len(exps) == 1 else
+                {f"{e.fold}/{e.eval_set}": e.metric_shapley for e in exps})
+        what = "predicted-class probability" if len(exps) == 1 else exps[0].metric
+        shapley_bars(bars, feats, out_dir / "shapley.png", title=f"Shapley on {what} ({head})")
     click.echo(f"wrote {out_dir}/metrics.json and {out_dir}/combined_results.csv")
 
 
@@ -116,7 +132,8 @@ def train_cmd(manifest, cache, features, head, target, protocol, k, group_column
 @click.argument("config", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--check", "check_record", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Rerun the grid of a record.json and report every metric that differs.")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output folder (default: config 'out').")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Output folder (default: the config's 'out', else runs/<config name> in the working directory).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def bench_cmd(config, check_record, out, quiet) -> None:
     """Run a grid: heads x modality subsets x seeds x protocols, from a YAML config.
@@ -140,8 +157,8 @@ def bench_cmd(config, check_record, out, quiet) -> None:
     if not config:
         raise ClmerError("give a CONFIG.yaml (or --check RECORD)")
     cfg = bench.load_config(config)
-    out_dir = Path(out or cfg.get("out") or Path(config).with_suffix(""))
-    cfg["out"] = str(out_dir)
+    out_dir = Path(out or cfg["out"])
+    cfg["out"] = str(out_dir.resolve())
     res = bench.run_grid(cfg, progress=not quiet)
     paths = bench.write_outputs(res, out_dir)
     click.echo(res.table)

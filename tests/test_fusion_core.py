@@ -199,7 +199,7 @@ def test_shapley_recovers_known_shares_both_methods():
     data = make_synthetic(n=3000, dims=(8, 8, 8), shares=(0.5, 0.3, 0.2), sep=6.0, seed=5)
     cfg = TrainConfig(head="attention", hidden=16, lr=1e-2, max_epochs=40)
     for method in ("retrain", "mask"):
-        exp = explain(data, cfg, method=method)
+        exp = explain(data, cfg, method=method)[0]
         shares = exp.shares()
         assert shares["text"] == pytest.approx(0.5, abs=0.06), (method, shares)
         assert shares["audio"] == pytest.approx(0.3, abs=0.06), (method, shares)

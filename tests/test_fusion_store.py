@@ -83,7 +83,8 @@ def test_cli_train_prints_and_writes(store, tmp_path):
     assert (out / "metrics.json").exists() and (out / "combined_results.csv").exists()
     assert (out / "shapley.png").stat().st_size > 1000
     shap = json.loads((out / "shapley.json").read_text())
-    assert shap["shares"]["bert"] > shap["shares"]["vis"]           # known shares 0.5 / 0.3 / 0.2
+    assert [(e["fold"], e["set"]) for e in shap] == [("splits", "test")] and "on splits, set test" in r.output
+    assert shap[0]["shares"]["bert"] > shap[0]["shares"]["vis"]     # known shares 0.5 / 0.3 / 0.2
 
 
 def test_cli_kfold_regression(store, tmp_path):

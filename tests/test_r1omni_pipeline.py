@@ -15,7 +15,7 @@ from clmer_fusion.cli import cli
 from clmer_fusion.r1omni.decode import R1OmniDecoder
 from clmer_fusion.r1omni.load import load_r1omni
 from clmer_fusion.r1omni.run import run_r1omni
-from clmer_fusion.r1omni.testing import OnTheFlyTowers
+from clmer_features.testing import OnTheFlyTowers
 
 MAX_NEW = 12
 IDS = [c[0] for c in CLIPS]
@@ -146,3 +146,18 @@ def test_spec_choice_and_wrong_spec_is_clear(cached, tmp_path):
     with pytest.raises(SpecMismatchError, match="000000000000"):
         run_r1omni(cached.manifest, cached.cache, cached.tiny.model_dir, out_dir=tmp_path / "b",
                    spec_ids={"r1omni_audio": "000000000000"}, max_new_tokens=1, progress=False)
+
+
+def test_decoding_needs_no_media(cached, from_cache, tmp_path):
+    """The cache and the manifest copied where the videos do not exist decode the same tokens."""
+    import shutil
+
+    shutil.copytree(cached.cache, tmp_path / "cache")
+    pl.read_csv(cached.manifest).with_columns(pl.col("clip_id").map_elements(
+        lambda c: f"gone/{c}.mp4", return_dtype=pl.String).alias("video")).write_csv(tmp_path / "r1demo.csv")
+    summary = run_r1omni(tmp_path / "r1demo.csv", tmp_path / "cache", cached.tiny.model_dir, out_dir=tmp_path / "o",
+                         batch_size=len(IDS), max_new_tokens=MAX_NEW, progress=False)
+    assert summary.decoded == len(IDS) and _tokens(tmp_path / "o") == _tokens(from_cache[1])
+    near = json.loads((from_cache[1] / "score.json").read_text())["record"]["manifest_fingerprint"]
+    far = json.loads((tmp_path / "o" / "score.json").read_text())["record"]["manifest_fingerprint"]
+    assert near == far

@@ -186,6 +186,13 @@ class FeatureReader:
                 self._read_values(names[parts[a]], lo, hi, out[offsets[a] : offsets[b]])
         return out, offsets
 
+    def lengths(self, clip_ids: Sequence[str]) -> np.ndarray:
+        """How many rows each clip holds (0 for a clip this feature does not hold), from the index alone."""
+        want = pl.DataFrame({"clip_id": list(clip_ids)}, schema={"clip_id": pl.Utf8})
+        n = (pl.col("row_end") - pl.col("row_start")).alias("_rows")
+        hit = want.join(self._index.select("clip_id", n), on="clip_id", how="left", maintain_order="left")
+        return hit["_rows"].fill_null(0).to_numpy().astype(np.int64)
+
     def get_many(self, clip_ids: Sequence[str]) -> list[np.ndarray]:
         """Rows of many clips, in the order asked (views into one buffer; see ``sequences``)."""
         values, offsets = self.sequences(clip_ids)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from clmer_fusion.r1omni.decode import DEFAULT_INSTRUCTION
+from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION
 
 
 @click.command("r1omni")
@@ -19,8 +19,11 @@ from clmer_fusion.r1omni.decode import DEFAULT_INSTRUCTION
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder [default: r1omni-results/<dataset>-<run key>].")
 @click.option("--dataset", default=None, help="Store dataset name [default: the manifest's file stem].")
-@click.option("--vision-spec", default=None, help="Spec id of r1omni_vision to use (when the store holds several).")
-@click.option("--audio-spec", default=None, help="Spec id of r1omni_audio to use (when the store holds several).")
+@click.option("--spec", "specs", multiple=True, metavar="FEATURE=SPEC_ID",
+              help="Which spec of r1omni_vision or r1omni_audio to use where the store holds several (repeatable).")
+@click.option("--check-fresh", is_flag=True,
+              help="Fingerprint the manifest's media and refuse features extracted from media that changed since "
+                   "(by default the media are not read: the cache and the manifest are enough).")
 @click.option("--bert", "bert_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="bert-base-uncased folder for the gate's tokenizer [default: MODEL/bert-base-uncased or MODEL/bert].")
 @click.option("--batch-size", default=8, show_default=True, help="Clips decoded together.")
@@ -30,8 +33,8 @@ from clmer_fusion.r1omni.decode import DEFAULT_INSTRUCTION
               help="Load a checkpoint even when keys are missing, unexpected or mis-shaped (they stay random).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def r1omni_cmd(manifest: Path, cache_dir: Path, model_dir: Path, instruction: str, out_dir: Path | None,
-               dataset: str | None, vision_spec: str | None, audio_spec: str | None, bert_dir: Path | None, batch_size: int, max_new_tokens: int, device: str,
-               allow_mismatch: bool, no_progress: bool) -> None:
+               dataset: str | None, specs: tuple[str, ...], check_fresh: bool, bert_dir: Path | None, batch_size: int,
+               max_new_tokens: int, device: str, allow_mismatch: bool, no_progress: bool) -> None:
     """Decode R1-Omni answers for MANIFEST from cached tower outputs and score them.
 
     \b
@@ -45,10 +48,11 @@ def r1omni_cmd(manifest: Path, cache_dir: Path, model_dir: Path, instruction: st
     A rerun with the same model, instruction and features reuses finished clips.
     """
     from clmer_fusion.r1omni.run import run_r1omni
+    from clmer_fusion.request import parse_spec_options
 
     summary = run_r1omni(
         manifest, cache_dir, model_dir, instruction=instruction, out_dir=out_dir, dataset=dataset,
-        spec_ids={k: v for k, v in (("r1omni_vision", vision_spec), ("r1omni_audio", audio_spec)) if v},
+        spec_ids=parse_spec_options(specs), check_fresh=check_fresh,
         bert_dir=bert_dir, batch_size=batch_size, max_new_tokens=max_new_tokens,
         allow_mismatch=allow_mismatch, device=device, progress=not no_progress,
         echo=lambda s: click.echo(s, err=True),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import re
 import time
 from dataclasses import dataclass, field
@@ -29,9 +28,10 @@ import numpy as np
 import polars as pl
 
 from clmer_features.errors import ClmerError, StoreError
-from clmer_fusion.r1omni.decode import DEFAULT_INSTRUCTION, R1OmniDecoder
+from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION
 from clmer_fusion.r1omni.score import normalize_label, ov_scores, score
-from clmer_fusion.record import git_revision, machine
+from clmer_fusion.record import git_revision, machine, package_versions
+from clmer_fusion.request import Request, open_sources
 
 VISION, AUDIO = "r1omni_vision", "r1omni_audio"
 
@@ -82,15 +82,6 @@ def _atomic_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _open_feature(store: Any, name: str, spec_id: str | None = None) -> Any | None:
-    """The feature's reader, None when the store has no such feature (other problems raise)."""
-    if not store.specs(name):
-        if spec_id:
-            raise StoreError(f"{store.root}: no feature {name!r} in the store, so no spec {spec_id}")
-        return None
-    return store.feature(name, spec_id=spec_id)
-
-
 def _resolve_device(device: str) -> str:
     if device != "auto":
         return device
@@ -117,6 +108,7 @@ def run_r1omni(
     out_dir: str | Path | None = None,
     dataset: str | None = None,
     spec_ids: dict[str, str] | None = None,
+    check_fresh: bool = False,
     bert_dir: str | Path | None = None,
     batch_size: int = 8,
     max_new_tokens: int = 512,
@@ -128,21 +120,22 @@ def run_r1omni(
     """Decode every clip of ``manifest`` from the cache; see the module doc.
 
     ``spec_ids`` picks a spec per feature (``{"r1omni_vision": "a267ba3ec6d0"}``) where the store
-    holds several; without it a feature must hold exactly one finalized spec.
+    holds several; without it a feature must hold exactly one finalized spec. The manifest gives
+    ids and labels only (its media are not read unless ``check_fresh``).
     """
     from tqdm.auto import tqdm
 
-    from clmer_features.manifest import read_manifest
-    from clmer_features.store import open_store
+    from clmer_fusion.r1omni.decode import R1OmniDecoder
     from clmer_fusion.r1omni.load import load_r1omni
 
     t0 = time.perf_counter()
     if batch_size < 1 or max_new_tokens < 1:
         raise ClmerError("--batch-size and --max-new-tokens must be >= 1")
-    m = read_manifest(manifest, dataset, check_media=False, fingerprint=False)
-    store = open_store(cache_dir, m.dataset)
-    spec_ids = spec_ids or {}
-    feats = {n: _open_feature(store, n, spec_ids.get(n)) for n in (VISION, AUDIO)}
+    req = Request.create(manifest, cache_dir, (VISION, AUDIO), spec_ids=spec_ids, dataset=dataset,
+                         level="frame", check_fresh=check_fresh)
+    src = open_sources(req, optional=(VISION, AUDIO))
+    m, store = src.manifest, src.store
+    feats = {n: src.readers.get(n) for n in (VISION, AUDIO)}
     if all(f is None for f in feats.values()):
         raise StoreError(f"{store.root}: neither {VISION} nor {AUDIO} is cached; run "
                          f"`clmer-features extract {manifest} --features {VISION},{AUDIO}` first")
@@ -238,27 +231,8 @@ def run_r1omni(
             "gate_weights": decoder.gate().tolist()[0], "run_key": run_key, "device": dev,
             "decoded": summary.decoded, "reused": summary.reused,
             "decode_seconds": summary.decode_seconds, "seconds": summary.seconds,
-            "manifest_fingerprint": _manifest_fp(m), "revision": git_revision(), "machine": machine(),
-            "python": platform.python_version(), "versions": _versions(),
+            "manifest_fingerprint": src.fingerprint(), "revision": git_revision(), "machine": machine(),
+            "versions": package_versions(),
         },
     })
     return summary
-
-
-def _manifest_fp(m: Any) -> str:
-    try:
-        return m.fingerprint()
-    except Exception:  # noqa: BLE001 - a record field, never a reason to fail the run
-        return "unknown"
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("torch", "transformers", "numpy", "zarr", "polars", "clmer"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "-"
-    return out
