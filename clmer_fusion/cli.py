@@ -7,7 +7,7 @@ import click
 
 from clmer_features.cliutil import debug_option, run_cli
 
-TOPICS = ("clmer_fusion.train_cmds", "clmer_fusion.r1omni.cli")
+TOPICS = ("clmer_fusion.train_cmds", "clmer_fusion.score_cmds", "clmer_fusion.r1omni.cli")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

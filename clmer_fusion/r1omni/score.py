@@ -20,7 +20,10 @@ import json
 import re
 from functools import lru_cache
 from importlib import resources
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
+
+from clmer_features.errors import ClmerError
 
 _PUNCT = re.compile(r"^[\s\"'`.,;:!?()\[\]{}<>*_-]+|[\s\"'`.,;:!?()\[\]{}<>*_-]+$")
 _SPLIT = re.compile(r"\s*(?:[,;/|，、；]|\band\b|\bor\b|&)\s*")
@@ -95,31 +98,64 @@ def exact_scores(golds: Sequence[str | None], answers: Sequence[str | None]) -> 
     }
 
 
-def _grouped(words: list[str]) -> set[str]:
-    groups = ov_groups()
-    syn = synonyms()
-    out = set()
-    for w in words:
-        out.add(groups.get(w) or groups.get(syn.get(w, w)) or syn.get(w, w))
+def load_groups(path: str | Path) -> dict[str, str]:
+    """A synonym map from a JSON file: ``{"groups": [[word, ...], ...]}`` (the layout of the shipped
+    ``data/ovmer_groups.json``; a group is named by its first word) or ``{"word": "group", ...}``."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ClmerError(f"{p}: not a readable JSON synonym map ({exc})") from None
+    out: dict[str, str] = {}
+    if isinstance(data, dict) and isinstance(data.get("groups"), list):
+        for i, group in enumerate(data["groups"]):
+            if not isinstance(group, list) or not group or not all(isinstance(w, str) for w in group):
+                raise ClmerError(f"{p}: groups[{i}] must be a non-empty list of words")
+            for word in group:
+                out[clean(word)] = clean(group[0])
+        return out
+    if isinstance(data, dict) and all(isinstance(v, str) for k, v in data.items() if not k.startswith("_")):
+        return {clean(k): clean(v) for k, v in data.items() if not k.startswith("_")}
+    raise ClmerError(f'{p}: expected {{"groups": [[word, ...], ...]}} or {{"word": "group", ...}}')
+
+
+@lru_cache(maxsize=None)
+def builtin_groups() -> dict[str, str]:
+    """The shipped map: OV-MER word groups, then the exact-match synonyms for words in no group."""
+    groups, syn = ov_groups(), synonyms()
+    out = {w: syn[w] for w in syn}
+    out = {w: groups.get(c, c) for w, c in out.items()}
+    out.update(groups)
     return out
 
 
-def ov_scores(golds: Sequence[str | None], answers: Sequence[str | None]) -> dict[str, object]:
-    """OV-MER style set-level precision, recall and F1 (averaged over clips with a gold set)."""
-    ps: list[float] = []
-    rs: list[float] = []
-    for g, a in zip(golds, answers):
-        gold = _grouped(split_labels(g))
-        if not gold:
-            continue
-        pred = _grouped(split_labels(a))
-        hit = len(gold & pred)
-        ps.append(hit / len(pred) if pred else 0.0)
-        rs.append(hit / len(gold))
-    if not ps:
+def _grouped(words: list[str], groups: dict[str, str] | None = None) -> set[str]:
+    mapping = builtin_groups() if groups is None else groups
+    return {mapping.get(w, w) for w in words}
+
+
+def ov_clip(gold: str | None, answer: str | None, groups: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """One clip's set-level scores (None when it has no gold set): the grouped sets and P, R, F1."""
+    g = _grouped(split_labels(gold), groups)
+    if not g:
+        return None
+    a = _grouped(split_labels(answer), groups)
+    hit = len(g & a)
+    p, r = (hit / len(a) if a else 0.0), hit / len(g)
+    return {"gold_groups": sorted(g), "predicted_groups": sorted(a), "precision": p, "recall": r,
+            "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def ov_scores(golds: Sequence[str | None], answers: Sequence[str | None],
+              groups: dict[str, str] | None = None) -> dict[str, object]:
+    """OV-MER style set-level precision, recall and F1 (averaged over clips with a gold set; F1 from the
+    two averages). ``groups`` replaces the shipped synonym map (``load_groups``)."""
+    per = [c for c in (ov_clip(g, a, groups) for g, a in zip(golds, answers)) if c is not None]
+    if not per:
         return {"n": 0, "precision": None, "recall": None, "f1": None}
-    p, r = sum(ps) / len(ps), sum(rs) / len(rs)
-    return {"n": len(ps), "precision": p, "recall": r, "f1": (2 * p * r / (p + r)) if p + r else 0.0}
+    p = sum(c["precision"] for c in per) / len(per)
+    r = sum(c["recall"] for c in per) / len(per)
+    return {"n": len(per), "precision": p, "recall": r, "f1": (2 * p * r / (p + r)) if p + r else 0.0}
 
 
 def score(golds: Sequence[str | None], answers: Sequence[str | None]) -> dict[str, object]:
