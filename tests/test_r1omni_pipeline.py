@@ -161,3 +161,41 @@ def test_decoding_needs_no_media(cached, from_cache, tmp_path):
     near = json.loads((from_cache[1] / "score.json").read_text())["record"]["manifest_fingerprint"]
     far = json.loads((tmp_path / "o" / "score.json").read_text())["record"]["manifest_fingerprint"]
     assert near == far
+
+
+def test_a_clip_without_audio_gets_ten_seconds_of_silence(cached, tmp_path):
+    """Official inference feeds 10 s of silence through the audio tower; --no-audio video-only does not."""
+    import shutil
+
+    from clmer_features.engine import extract
+    from clmer_features.errors import ClmerError
+    from clmer_features.testing import make_video
+
+    shutil.copytree(cached.cache, tmp_path / "cache")
+    video = make_video(tmp_path / "mute.mp4", 2.0, audio=False, pattern="rgbtestsrc")
+    man = tmp_path / "r1demo.csv"
+    pl.concat([pl.read_csv(cached.manifest), pl.DataFrame({"clip_id": ["c3"], "video": [str(video)], "label": ["angry"]})]
+              ).write_csv(man)
+    extract(man, ["r1omni_vision", "r1omni_audio"], tmp_path / "cache", device="cpu", progress=False, decode_workers=1,
+            model_overrides={"r1omni_vision": cached.tiny.siglip_dir, "r1omni_audio": cached.tiny.whisper_dir})
+    kw = dict(batch_size=4, max_new_tokens=MAX_NEW, progress=False)
+    with pytest.raises(ClmerError, match="pass --audio-tower DIR"):
+        run_r1omni(man, tmp_path / "cache", cached.tiny.model_dir, out_dir=tmp_path / "x", **kw)
+    res = run_r1omni(man, tmp_path / "cache", cached.tiny.model_dir, out_dir=tmp_path / "s",
+                     audio_tower=cached.tiny.whisper_dir, **kw)
+    rec = json.loads((tmp_path / "s" / "score.json").read_text())["record"]
+    assert res.decoded == 4 and rec["no_audio"] == "silence" and rec["silence_clips"] == ["c3"]
+    c3 = json.loads((tmp_path / "s" / "clips" / "c3.json").read_text())
+    assert c3["modalities"] == ["video", "audio"] and c3["audio_is_silence"] is True
+    # the same tokens as decoding c3's cached vision with the towers' own output of 10 s of silence
+    towers = OnTheFlyTowers(cached.tiny.siglip_dir, cached.tiny.whisper_dir)
+    from clmer_features.extractors.r1omni import whisper_pooled
+
+    silence = whisper_pooled(towers.audio._encoder, towers.audio._fe, [np.zeros(160000, np.float32)]).astype(np.float16)
+    vis = open_store(tmp_path / "cache", "r1demo").feature("r1omni_vision").get("c3").reshape(1, 8, 16, 24)
+    dec = R1OmniDecoder(load_r1omni(cached.tiny.model_dir), max_new_tokens=MAX_NEW)
+    assert dec.decode(vis, silence)[0].tokens == c3["tokens"]
+    mute = run_r1omni(man, tmp_path / "cache", cached.tiny.model_dir, out_dir=tmp_path / "v", no_audio="video-only", **kw)
+    rec = json.loads((tmp_path / "v" / "score.json").read_text())["record"]
+    assert mute.decoded == 4 and rec["no_audio"] == "video-only" and rec["silence_clips"] == []
+    assert json.loads((tmp_path / "v" / "clips" / "c3.json").read_text())["modalities"] == ["video"]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION
+from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION, DEFAULT_MAX_NEW_TOKENS, NO_AUDIO_POLICIES
 
 
 @click.command("r1omni")
@@ -27,14 +27,22 @@ from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION
 @click.option("--bert", "bert_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="bert-base-uncased folder for the gate's tokenizer [default: MODEL/bert-base-uncased or MODEL/bert].")
 @click.option("--batch-size", default=8, show_default=True, help="Clips decoded together.")
-@click.option("--max-new-tokens", default=512, show_default=True, help="Longest answer, in tokens.")
+@click.option("--max-new-tokens", default=DEFAULT_MAX_NEW_TOKENS, show_default=True,
+              help="Longest answer, in tokens (the official inference's 2048: long reasoning reaches </answer>).")
+@click.option("--no-audio", default="silence", show_default=True, type=click.Choice(NO_AUDIO_POLICIES),
+              help="A clip with video but no audio: 10 s of silence through the audio tower, as the official "
+                   "inference (needs --audio-tower or the models dir), or its video alone.")
+@click.option("--audio-tower", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The Whisper folder that made r1omni_audio (for --no-audio silence) [default: under "
+                   "--models-dir / CLMER_MODELS_DIR].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--allow-mismatch", is_flag=True,
               help="Load a checkpoint even when keys are missing, unexpected or mis-shaped (they stay random).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def r1omni_cmd(manifest: Path, cache_dir: Path, model_dir: Path, instruction: str, out_dir: Path | None,
                dataset: str | None, specs: tuple[str, ...], check_fresh: bool, bert_dir: Path | None, batch_size: int,
-               max_new_tokens: int, device: str, allow_mismatch: bool, no_progress: bool) -> None:
+               max_new_tokens: int, no_audio: str, audio_tower: Path | None, device: str, allow_mismatch: bool,
+               no_progress: bool) -> None:
     """Decode R1-Omni answers for MANIFEST from cached tower outputs and score them.
 
     \b
@@ -53,7 +61,7 @@ def r1omni_cmd(manifest: Path, cache_dir: Path, model_dir: Path, instruction: st
     summary = run_r1omni(
         manifest, cache_dir, model_dir, instruction=instruction, out_dir=out_dir, dataset=dataset,
         spec_ids=parse_spec_options(specs), check_fresh=check_fresh,
-        bert_dir=bert_dir, batch_size=batch_size, max_new_tokens=max_new_tokens,
+        bert_dir=bert_dir, batch_size=batch_size, max_new_tokens=max_new_tokens, no_audio=no_audio, audio_tower=audio_tower,
         allow_mismatch=allow_mismatch, device=device, progress=not no_progress,
         echo=lambda s: click.echo(s, err=True),
     )

@@ -8,14 +8,17 @@ One instruction gives one prompt length, so a batch needs no padding.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION
+from clmer_features.errors import ClmerError
+from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION, DEFAULT_MAX_NEW_TOKENS
 from clmer_fusion.r1omni.load import LoadedR1Omni
 from clmer_fusion.r1omni.model import AUDIO_SLOT, VIDEO_SLOT
 from clmer_fusion.r1omni.parse import parse_output
@@ -60,6 +63,50 @@ def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     return ids
 
 
+# generation_config.json keys greedy decoding cannot honour: refused rather than ignored
+UNSUPPORTED = {"no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "min_length": 0, "min_new_tokens": None,
+               "bad_words_ids": None, "suppress_tokens": None, "begin_suppress_tokens": None, "forced_bos_token_id": None,
+               "forced_eos_token_id": None, "sequence_bias": None, "exponential_decay_length_penalty": None,
+               "num_beams": 1, "penalty_alpha": None, "diversity_penalty": 0.0}
+# sampling keys: the official inference passes do_sample=False, so generate ignores them
+SAMPLING = ("do_sample", "temperature", "top_p", "top_k", "typical_p", "min_p", "epsilon_cutoff", "eta_cutoff")
+
+
+@dataclass
+class GenerationSettings:
+    """What the checkpoint's generation_config.json changes in greedy decoding, as HF generate applies it
+    under the official call (do_sample=False): a repetition penalty over the generated tokens, more stop ids."""
+
+    repetition_penalty: float = 1.0
+    eos_token_ids: tuple[int, ...] = ()
+    source: str = "none"
+    ignored: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"repetition_penalty": self.repetition_penalty, "eos_token_ids": list(self.eos_token_ids),
+                "generation_config": self.source, "ignored_as_in_greedy": self.ignored}
+
+
+def read_generation_config(model_dir: str | Path) -> GenerationSettings:
+    """The checkpoint's ``generation_config.json`` (absent: plain greedy). Keys greedy decoding cannot
+    honour raise a ClmerError naming the file and key."""
+    path = Path(model_dir) / "generation_config.json"
+    if not path.is_file():
+        return GenerationSettings()
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ClmerError(f"{path}: not valid JSON ({exc})") from None
+    for key, neutral in UNSUPPORTED.items():
+        if cfg.get(key, neutral) not in (neutral, None, [], 0) and not (key == "num_beams" and cfg[key] == 1):
+            raise ClmerError(f"{path}: {key}={cfg[key]!r} is not supported by this decoder (greedy, as the official "
+                             "inference); remove it or decode with the official code")
+    eos = cfg.get("eos_token_id")
+    eos_ids = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else []))
+    return GenerationSettings(repetition_penalty=float(cfg.get("repetition_penalty") or 1.0), eos_token_ids=eos_ids,
+                              source=str(path), ignored={k: cfg[k] for k in SAMPLING if k in cfg})
+
+
 @dataclass
 class Generation:
     """One clip's decoded output."""
@@ -77,18 +124,21 @@ class R1OmniDecoder:
     Gate weights are computed once per instruction and reused for every batch.
     """
 
-    def __init__(self, loaded: LoadedR1Omni, instruction: str = DEFAULT_INSTRUCTION, max_new_tokens: int = 512):
+    def __init__(self, loaded: LoadedR1Omni, instruction: str = DEFAULT_INSTRUCTION,
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, generation: GenerationSettings | None = None):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.instruction = instruction
         self.max_new_tokens = int(max_new_tokens)
+        self.generation = generation if generation is not None else read_generation_config(loaded.report.model_dir)
         self._gates: dict[str, torch.Tensor] = {}
         self._ids: dict[tuple[str, ...], list[int]] = {}
         vocab = self.tokenizer.get_vocab()
         stops = {vocab[t] for t in STOP_TOKENS if t in vocab}
         if self.tokenizer.eos_token_id is not None:
             stops.add(int(self.tokenizer.eos_token_id))
+        stops.update(self.generation.eos_token_ids)
         if not stops:
             raise ValueError("tokenizer has no end-of-sequence token; cannot tell when an answer ends")
         self.stop_ids = stops
@@ -126,7 +176,8 @@ class R1OmniDecoder:
         if audio is not None:
             a = self.model.project_audio(torch.as_tensor(audio))
         embeds = self.model.embed_prompt(self.ids(modalities), v, a)
-        rows = self.model.greedy(embeds, self.max_new_tokens, self.stop_ids, self.pad_id)
+        rows = self.model.greedy(embeds, self.max_new_tokens, self.stop_ids, self.pad_id,
+                                 repetition_penalty=self.generation.repetition_penalty)
         out = []
         for toks in rows:
             text = self.tokenizer.decode(toks, skip_special_tokens=True).strip()

@@ -48,6 +48,7 @@ class LoadReport:
     shape_mismatch: list[str] = field(default_factory=list)
     tied_lm_head: bool = False
     fingerprint: str = ""
+    tokenizer: str = ""
 
     @property
     def ok(self) -> bool:
@@ -208,7 +209,12 @@ def load_r1omni(
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # config.json's model_type is not a transformers one: expected
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        # the official inference loads the slow tokenizer (use_fast=False: vocab.json + merges.txt)
+        slow = (model_dir / "vocab.json").is_file() and (model_dir / "merges.txt").is_file()
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), use_fast=False) if slow else \
+            AutoTokenizer.from_pretrained(str(model_dir))
+        report.tokenizer = ("use_fast=False from vocab.json + merges.txt, as the official inference" if slow
+                            else "tokenizer.json (no vocab.json + merges.txt for the official use_fast=False)")
     finally:
         hf_logging.set_verbosity(level)
     bert_tokenizer = BertTokenizer.from_pretrained(

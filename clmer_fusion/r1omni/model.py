@@ -142,11 +142,15 @@ class R1OmniModel(nn.Module):
         return torch.cat(pieces, dim=1)
 
     @torch.no_grad()
-    def greedy(self, embeds: torch.Tensor, max_new_tokens: int, stop_ids: set[int], pad_id: int) -> list[list[int]]:
+    def greedy(self, embeds: torch.Tensor, max_new_tokens: int, stop_ids: set[int], pad_id: int,
+               repetition_penalty: float = 1.0) -> list[list[int]]:
         """Greedy decoding with a KV cache; one token list per row, stop token excluded.
 
         All rows share the prompt length (no padding, no attention mask). Rows
         that have stopped keep being fed ``pad_id`` until every row stops.
+        ``repetition_penalty`` (from the checkpoint's generation_config.json) divides the positive
+        logits and multiplies the negative ones of every token generated so far, as HF generate
+        does when the prompt is given as embeddings (so it covers the generated tokens only).
         """
         from transformers import DynamicCache
 
@@ -156,10 +160,18 @@ class R1OmniModel(nn.Module):
         done = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
         stops = torch.tensor(sorted(stop_ids), device=embeds.device)
         tokens: list[torch.Tensor] = []
+        seen = None
         for _ in range(max_new_tokens):
-            nxt = out.logits[:, -1, :].argmax(dim=-1)
+            logits = out.logits[:, -1, :]
+            if repetition_penalty != 1.0 and seen is not None:
+                hit = torch.where(logits < 0, logits * repetition_penalty, logits / repetition_penalty)
+                logits = torch.where(seen, hit, logits)
+            nxt = logits.argmax(dim=-1)
             nxt = torch.where(done, torch.full_like(nxt, pad_id), nxt)
             tokens.append(nxt)
+            if repetition_penalty != 1.0:
+                seen = torch.zeros_like(logits, dtype=torch.bool) if seen is None else seen
+                seen[torch.arange(batch, device=nxt.device), nxt] = True
             done = done | torch.isin(nxt, stops)
             if bool(done.all()):
                 break

@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from clmer_features.errors import ClmerError, StoreError
-from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION
+from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION, DEFAULT_MAX_NEW_TOKENS, NO_AUDIO_POLICIES, SILENCE_SECONDS
 from clmer_fusion.r1omni.score import normalize_label, ov_scores, score
 from clmer_fusion.record import git_revision, machine, package_versions
 from clmer_fusion.request import Request, open_sources
@@ -111,7 +111,9 @@ def run_r1omni(
     check_fresh: bool = False,
     bert_dir: str | Path | None = None,
     batch_size: int = 8,
-    max_new_tokens: int = 512,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    no_audio: str = "silence",
+    audio_tower: str | Path | None = None,
     allow_mismatch: bool = False,
     device: str = "auto",
     progress: bool = True,
@@ -121,7 +123,10 @@ def run_r1omni(
 
     ``spec_ids`` picks a spec per feature (``{"r1omni_vision": "a267ba3ec6d0"}``) where the store
     holds several; without it a feature must hold exactly one finalized spec. The manifest gives
-    ids and labels only (its media are not read unless ``check_fresh``).
+    ids and labels only (its media are not read unless ``check_fresh``). ``no_audio``: a clip with
+    video but no audio gets the audio tower's output of 10 s of silence, as the official inference
+    gives it ("silence"; needs ``audio_tower``, the Whisper folder that made r1omni_audio, or that
+    model under the models dir), or is decoded from its video alone ("video-only").
     """
     from tqdm.auto import tqdm
 
@@ -131,6 +136,8 @@ def run_r1omni(
     t0 = time.perf_counter()
     if batch_size < 1 or max_new_tokens < 1:
         raise ClmerError("--batch-size and --max-new-tokens must be >= 1")
+    if no_audio not in NO_AUDIO_POLICIES:
+        raise ClmerError(f"--no-audio must be {' or '.join(NO_AUDIO_POLICIES)}, not {no_audio!r}")
     req = Request.create(manifest, cache_dir, (VISION, AUDIO), spec_ids=spec_ids, dataset=dataset,
                          level="frame", check_fresh=check_fresh)
     src = open_sources(req, optional=(VISION, AUDIO))
@@ -154,14 +161,16 @@ def run_r1omni(
     spec_ids = {n: f.spec.spec_id for n, f in feats.items() if f is not None}
     if echo:
         echo("r1omni: features " + "; ".join(f.spec.describe() for f in feats.values() if f is not None))
+    gen = {"max_new_tokens": max_new_tokens, **decoder.generation.to_dict(), "tokenizer": loaded.report.tokenizer}
     run_key = hashlib.sha256(json.dumps(
-        [loaded.report.fingerprint, instruction, max_new_tokens, spec_ids], sort_keys=True).encode()).hexdigest()[:16]
+        [loaded.report.fingerprint, instruction, max_new_tokens, spec_ids, no_audio, gen],
+        sort_keys=True).encode()).hexdigest()[:16]
     out = Path(out_dir) if out_dir else Path("r1omni-results") / f"{m.dataset}-{run_key[:8]}"
     (out / "clips").mkdir(parents=True, exist_ok=True)
 
     rows = {r["clip_id"]: r for r in m.rows()}
     summary = RunSummary(out_dir=out, clips=len(rows))
-    groups: dict[tuple[str, ...], list[str]] = {}
+    groups: dict[tuple[tuple[str, ...], bool], list[str]] = {}     # (modalities, audio is silence)
     for cid in rows:
         path = out / "clips" / clip_filename(cid)
         if path.exists():
@@ -172,25 +181,32 @@ def run_r1omni(
             except ValueError:
                 pass  # a broken file is redone
         mods = tuple(mod for mod, n in (("video", VISION), ("audio", AUDIO)) if feats[n] is not None and cid in feats[n])
-        if mods:
-            groups.setdefault(mods, []).append(cid)
+        if mods == ("video",) and no_audio == "silence":
+            groups.setdefault((("video", "audio"), True), []).append(cid)
+        elif mods:
+            groups.setdefault((mods, False), []).append(cid)
         else:
             summary.no_features.append(cid)
+    silent = [cid for (_, s), ids in groups.items() if s for cid in ids]
+    silence = _silence(feats[AUDIO], audio_tower, len(silent), echo) if silent else None
 
     todo = sum(len(v) for v in groups.values())
     bar = tqdm(total=todo, desc="r1omni decode", unit="clip", disable=not progress)
     t_dec = time.perf_counter()
-    for mods, ids in groups.items():
+    for (mods, is_silent), ids in groups.items():
         for i in range(0, len(ids), batch_size):
             chunk = ids[i : i + batch_size]
             vis = _stack(feats[VISION], chunk, shapes[VISION]) if "video" in mods else None
-            aud = _stack(feats[AUDIO], chunk, shapes[AUDIO]) if "audio" in mods else None
+            if is_silent:
+                aud = np.broadcast_to(silence, (len(chunk), *silence.shape)).copy()
+            else:
+                aud = _stack(feats[AUDIO], chunk, shapes[AUDIO]) if "audio" in mods else None
             for cid, g in zip(chunk, decoder.decode(vis, aud)):
                 label = rows[cid].get("label")
                 _atomic_json(out / "clips" / clip_filename(cid), {
                     "clip_id": cid, "label": label, "think": g.think, "answer": g.answer,
                     "prediction": normalize_label(g.answer), "format_ok": g.format_ok, "text": g.text,
-                    "tokens": g.tokens, "modalities": list(mods), "run_key": run_key,
+                    "tokens": g.tokens, "modalities": list(mods), "audio_is_silence": is_silent, "run_key": run_key,
                 })
             summary.decoded += len(chunk)
             bar.update(len(chunk))
@@ -228,6 +244,8 @@ def run_r1omni(
             "manifest": str(m.path), "dataset": m.dataset, "model_dir": str(model_dir),
             "model_fingerprint": loaded.report.fingerprint, "load_report": loaded.report.describe(),
             "instruction": instruction, "max_new_tokens": max_new_tokens, "spec_ids": spec_ids,
+            "generation": gen, "no_audio": no_audio, "silence_clips": silent,
+            "audio_tower": str(audio_tower) if silent else None,
             "gate_weights": decoder.gate().tolist()[0], "run_key": run_key, "device": dev,
             "decoded": summary.decoded, "reused": summary.reused,
             "decode_seconds": summary.decode_seconds, "seconds": summary.seconds,
@@ -236,3 +254,26 @@ def run_r1omni(
         },
     })
     return summary
+
+
+def _silence(audio: Any, tower: str | Path | None, n: int, echo: Callable[[str], None] | None) -> np.ndarray:
+    """The cached audio feature's value for 10 s of silence (official inference for a clip without audio)."""
+    from clmer_features.errors import ModelNotFoundError
+    from clmer_fusion.r1omni.silence import silence_features
+
+    hint = "or --no-audio video-only to decode them from their video alone"
+    if audio is None:
+        raise ClmerError(f"{n} clip(s) have video but no cached audio and {AUDIO} is not in the store: R1-Omni's "
+                         f"inference gives them 10 s of silence through the audio tower; extract {AUDIO}, {hint}")
+    if tower is None:
+        from clmer_features.models import resolve_model_dir
+
+        try:
+            tower = resolve_model_dir(AUDIO, default_model=audio.spec.model_id)
+        except ModelNotFoundError:
+            raise ClmerError(f"{n} clip(s) have no audio: R1-Omni's inference gives them 10 s of silence through "
+                             f"the audio tower; pass --audio-tower DIR (the {audio.spec.model_id} folder that made "
+                             f"{AUDIO}), {hint}") from None
+    if echo:
+        echo(f"r1omni: {n} clip(s) without audio get 10 s of silence through {tower}")
+    return silence_features(tower, audio.spec, SILENCE_SECONDS)

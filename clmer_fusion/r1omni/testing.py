@@ -76,6 +76,16 @@ def _tokenizer(path: Path) -> int:
     fast.add_tokens(ADDED)
     fast.chat_template = CHAT_TEMPLATE
     fast.save_pretrained(str(path))
+    # the files the official inference's slow tokenizer (use_fast=False) reads, as Qwen2 ships them
+    (path / "vocab.json").write_text(json.dumps(tok.get_vocab()), encoding="utf-8")
+    (path / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    cfg = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg["tokenizer_class"] = "Qwen2Tokenizer"
+    cfg["added_tokens_decoder"] = {
+        str(fast.convert_tokens_to_ids(t)): {"content": t, "special": t in SPECIAL, "lstrip": False, "rstrip": False,
+                                             "normalized": False, "single_word": False}
+        for t in SPECIAL + ADDED}
+    (path / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
     return len(fast)
 
 
