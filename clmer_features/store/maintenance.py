@@ -53,8 +53,10 @@ def status(store: Store, clips: pl.DataFrame | None = None) -> list[FeatureStatu
         n_err = int((failed["kind"] == "error").sum())
         n_abs = int((failed["kind"] == "absent").sum())
         done = len(wanted & done_keys)
-        finalized_parts = L.read_json(s.path / L.COMPLETE_FILE)["parts"] if s.complete else 0
-        parts = L.committed_parts(s.path)
+        complete = L.read_json(s.path / L.COMPLETE_FILE) if s.complete else {}
+        on_disk = {p.name for p in L.committed_parts(s.path)}
+        indexed = complete.get("part_names")
+        pending = len(on_disk - set(indexed)) if indexed is not None else max(0, len(on_disk) - complete.get("parts", 0))
         out.append(
             FeatureStatus(
                 feature=s.feature,
@@ -64,7 +66,7 @@ def status(store: Store, clips: pl.DataFrame | None = None) -> list[FeatureStatu
                 missing=len(wanted) - done - n_err - n_abs,
                 failed=n_err,
                 absent=n_abs,
-                pending_parts=max(0, len(parts) - finalized_parts),
+                pending_parts=pending,
             )
         )
     return out
