@@ -31,12 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 FEATURES = ["siglip", "bert"]
 LIMIT = 0.65
 
+# Every run, alone or not, gets one torch thread and one decoder process: the same work per process
+# in both settings (two processes with two spinning OpenMP threads each on two cores measure the
+# oversubscription, not the leases).
 CHILD = """
 import json, sys, time
 t0 = time.time()
+import torch
+torch.set_num_threads(1)
 from clmer_features.engine import extract
 manifest, cache, models, partition = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-s = extract(manifest, %r, cache, models_dir=models, device="cpu", partition_size=partition, progress=False)
+s = extract(manifest, %r, cache, models_dir=models, device="cpu", partition_size=partition, progress=False,
+            decode_workers=1)
 print(json.dumps({"start": t0, "end": time.time(), "wall_s": s.wall_s, "decode_s": s.decode_s,
                   "features": {n: {"done": f.done + f.failed + f.absent, "skipped": f.skipped,
                                    "model_s": f.model_s} for n, f in s.features.items()}}))
@@ -139,7 +145,7 @@ def main() -> None:
         "",
         f"`benchmarks/concurrent_extract.py`: {args.clips} clips, features {', '.join(FEATURES)} (tiny random "
         f"models from clmer_features.testing), partitions of {args.partition_size}, each run a fresh Python "
-        "process (`engine.extract`, CPU).",
+        "process (`engine.extract`, CPU, one torch thread and one decoder process in every run).",
         "",
         "| setting | wall s (launch to last exit) | summed model s | clips computed (siglip / bert) |",
         "|---|---:|---:|---|",

@@ -59,7 +59,7 @@ class Leases:
     def __init__(self, store_root: Path, ttl_s: float | None = None, poll_s: float | None = None) -> None:
         self.dir = Path(store_root) / LEASES_DIR
         self.ttl_s = default_ttl() if ttl_s is None else ttl_s
-        self.poll_s = min(1.0, self.ttl_s / 6) if poll_s is None else poll_s
+        self.poll_s = min(0.25, self.ttl_s / 6) if poll_s is None else poll_s  # a stat and a small read
         self.me = {"token": uuid.uuid4().hex, "host": platform.node(), "pid": os.getpid()}
         self.held: set[str] = set()
         self.taken_over: list[str] = []  # expired leases of other owners that this process took
