@@ -6,7 +6,7 @@
 Models: the real classes at real size with random weights (nothing to download):
 ``SiglipVisionModel`` (siglip-base-patch16-224), funasr's ``Emotion2vec`` (emotion2vec_base sizes),
 ``WhisperForConditionalGeneration`` (whisper-large-v3-turbo: 32 encoder and 4 decoder layers, 128
-mel bins) and ``BertModel`` (bert-base-uncased); fp16 on CUDA, float32 on CPU. ``--tiny`` swaps
+mel bins) and ``BertModel`` (bert-base-uncased); fp16 compute on CUDA (autocast), float32 on CPU. ``--tiny`` swaps
 in a few-layer version of each for the CPU.
 
 Synthetic clips of ``--clip-seconds`` (8 s: a typical emotion-corpus utterance): siglip sees one
@@ -53,35 +53,55 @@ def peak_tflops(name: str) -> float | None:
 
 
 class BusySampler:
-    """Samples the GPU's utilisation (percent of time a kernel ran) every ``every`` seconds."""
+    """Samples the GPU's utilisation (share of time a kernel ran) while the block runs: NVML through
+    ``torch.cuda.utilization`` every ``every`` seconds, else a streaming ``nvidia-smi`` query."""
 
     def __init__(self, device: str, every: float = 0.05):
         self.device, self.every, self.samples = device, every, []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._smi: subprocess.Popen | None = None
 
     def __enter__(self) -> "BusySampler":
         import torch
 
-        if self.device.startswith("cuda"):
+        if not self.device.startswith("cuda"):
+            return self
+        index = torch.device(self.device).index or 0
+        try:
+            torch.cuda.utilization(index)
+            read: Callable[[], float | None] = lambda: torch.cuda.utilization(index) / 100.0  # noqa: E731
+        except Exception:  # noqa: BLE001 - no pynvml: nvidia-smi, if there is one
             try:
-                torch.cuda.utilization()
-            except Exception:  # noqa: BLE001 - no NVML: no samples, reported as unknown
+                self._smi = subprocess.Popen(
+                    ["nvidia-smi", f"--id={index}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                     f"-lms={max(50, int(self.every * 1000))}"], stdout=subprocess.PIPE, text=True)
+            except OSError:
                 return self
+            smi = self._smi
 
-            def loop() -> None:
-                while not self._stop.is_set():
-                    self.samples.append(torch.cuda.utilization() / 100.0)
+            def read() -> float | None:
+                line = smi.stdout.readline() if smi.stdout else ""
+                return float(line) / 100.0 if line.strip().replace(".", "", 1).isdigit() else None
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                value = read()
+                if value is not None:
+                    self.samples.append(value)
+                if self._smi is None:
                     time.sleep(self.every)
 
-            self._thread = threading.Thread(target=loop, daemon=True)
-            self._thread.start()
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
+        if self._smi is not None:
+            self._smi.terminate()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=5)
 
     @property
     def busy(self) -> float | None:
@@ -100,7 +120,6 @@ def build_models(tiny: bool, device: str) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # generate's notes about max_length
-    dtype = torch.float16 if device.startswith("cuda") else torch.float32
     small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
     siglip = SiglipVisionConfig(**(small if tiny else {}))  # defaults: base-patch16-224
     bert = BertConfig(**(small if tiny else {}))  # defaults: bert-base-uncased
@@ -124,7 +143,8 @@ def build_models(tiny: bool, device: str) -> dict[str, Any]:
         "whisper": WhisperForConditionalGeneration(whisper),
         "bert": BertModel(bert),
     }
-    return {k: m.to(device=device, dtype=dtype).eval() for k, m in models.items()}
+    # float32 weights, fp16 compute under autocast on CUDA (funasr's model mixes dtypes otherwise)
+    return {k: m.to(device=device).eval() for k, m in models.items()}
 
 
 def workloads(models: dict[str, Any], device: str, clip_s: float, tokens: int, batch: int, tiny: bool
@@ -132,7 +152,7 @@ def workloads(models: dict[str, Any], device: str, clip_s: float, tokens: int, b
     """name -> (clips one call covers, the call)."""
     import torch
 
-    dtype = next(models["bert"].parameters()).dtype
+    dtype = torch.float32
     frames = max(1, math.ceil(clip_s / 2))
     per_window = max(1, int(30 // (clip_s + 1)))
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -171,7 +191,9 @@ def measure(name: str, clips: int, fn: Callable[[], Any], device: str, seconds: 
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    with torch.inference_mode():
+    autocast = (torch.autocast("cuda", dtype=torch.float16) if device.startswith("cuda")
+                else contextlib.nullcontext())
+    with torch.inference_mode(), autocast:
         fn()  # warm-up (kernels, allocator)
         sync()
         flops = flops_of(fn)
