@@ -51,9 +51,9 @@ def make_media(out: Path, clips: int, seconds: float) -> dict[int, list[Path]]:
             if not path.exists():
                 src = sources[k % len(sources)]
                 tmp = path.with_name(f".{path.name}")
-                subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i",
-                                f"{src}=s=640x360:r=25:d={seconds:g}", "-f", "lavfi", "-i",
-                                f"sine=f={220 + 110 * k}:d={seconds:g}:r=44100", "-ac", "2", "-c:v", "libx264",
+                subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-t", f"{seconds:g}", "-i",
+                                f"{src}=s=640x360:r=25", "-f", "lavfi", "-t", f"{seconds:g}", "-i",
+                                f"sine=f={220 + 110 * k}:r=44100", "-ac", "2", "-c:v", "libx264",
                                 "-preset", "veryfast", "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0",
                                 "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "96k", "-shortest", "-f", "mp4", str(tmp)],
                                check=True)
