@@ -133,6 +133,16 @@ def _segments_json(segments: list[tuple[float, float, str]], duration: float) ->
     return json.dumps(rows, ensure_ascii=False)
 
 
+def _encoder_rows(encoded: Any, row: int) -> Any:
+    """Row ``row`` of a CTranslate2 encoder output as its own StorageView (through host memory;
+    CTranslate2 takes host encoder outputs on any device)."""
+    import ctranslate2
+
+    if encoded.device != "cpu":
+        encoded = encoded.to_device(ctranslate2.Device.cpu)
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(np.asarray(encoded)[row:row + 1]))
+
+
 @dataclass(frozen=True)
 class Window:
     """Audio fed to Whisper as one input; ``spans`` = (item, start s, end s) of each clip in it."""
@@ -501,12 +511,13 @@ class AsrExtractor(Extractor):
             split.append(subs)
             ends.append(None if seek >= n else seek * fe.time_per_frame)
         if words:
-            have = [b for b, subs in enumerate(split) if subs]
-            if have:
-                enc = encoded if len(have) == len(split) else m.encode(stacked[have])
-                chosen = [split[b] for b in have]
-                m.add_word_timestamps(chosen, tok, enc, [frames[b] for b in have],
-                                      "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、", 0.0)
+            # one window at a time: add_word_timestamps carries its "last speech" time from item to
+            # item of a batch, which moved words next to a boundary when windows shared a batch
+            for b, subs in enumerate(split):
+                if subs:
+                    enc = encoded if len(split) == 1 else _encoder_rows(encoded, b)
+                    m.add_word_timestamps([subs], tok, enc, frames[b],
+                                          "\"'“¿([{-", "\"'.。,，!！?？:：”)]}、", 0.0)
         out = []
         for subs, end in zip(split, ends):
             segs, ws = [], []
