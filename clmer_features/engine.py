@@ -183,6 +183,9 @@ def _clip(row: dict[str, Any], res: DecodeResult | None = None) -> DecodedClip:
                     language=row.get("language"))
     if res is not None:
         c.frames, c.audio, c.duration, c.problems = res.frames, res.audio, res.duration, dict(res.problems)
+    if row.get("missing"):  # the manifest found no file: a ledger entry of its own kind, whatever decoding said
+        c.frames, c.audio = {}, None
+        c.problems.update(video=("missing", row["missing"]), audio=("missing", row["missing"]))
     return c
 
 
@@ -209,7 +212,7 @@ def run_task(task: PartitionTask, part: Any, clips: list[DecodedClip], stats: Fe
             ready.append(c)
             continue
         kind, why = miss
-        error = f"no_{ext.input}" if kind == "absent" else "DecodeError"
+        error = {"absent": f"no_{ext.input}", "missing": "MissingFile"}.get(kind, "DecodeError")
         part.fail(key, c.clip_id, "decode" if ext.input in MEDIA_INPUTS else "input", error, why, kind=kind)
         if kind == "absent":
             stats.absent += 1
@@ -401,7 +404,7 @@ def extract(
     store.write_clips(m)
     rows = m.rows()
     ctx = RunContext(rows=rows, store=store)
-    summary = RunSummary(dataset=m.dataset, clips=len(rows))
+    summary = RunSummary(dataset=m.dataset, clips=len(rows), missing_media=m.missing_count())
     prefix = f"r{time.time_ns():x}" if retry_failed else "p"
 
     # --- plan ------------------------------------------------------------------

@@ -8,10 +8,19 @@ media), ``language``, ``label``, ``label_value``, ``split``, ``fold``,
 
 Every problem is reported with its file, row and column; reading never stops
 at the first one.
+
+A media file that is not there does not refuse the manifest: its row gets a
+``missing`` reason ("file not found: ...", "symlink loop: ...") and a cache
+key that changes when the file appears, and extraction puts the row in the
+ledger (kind ``missing``) and goes on. When most rows' files are missing the
+manifest is refused (the paths are relative to another folder), and
+``strict=True`` refuses any missing file.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,13 +29,23 @@ from typing import Any
 
 import polars as pl
 
-from clmer_features.errors import ManifestError
+from clmer_features.errors import ClmerError, ManifestError
 
 MEDIA_COLUMNS = ("video", "audio")
 STRING_COLUMNS = ("clip_id", "video", "audio", "text", "language", "label", "split", "speaker")
 FLOAT_COLUMNS = ("start", "end", "label_value")
 MAX_SHOWN_PROBLEMS = 20
+# Refuse a manifest when more than this share of its media rows have no file: a wrong folder.
+MOST_MISSING = 0.5
 FINGERPRINT_BYTES = 1 << 20  # hash the first and the last MiB of each file
+
+
+class MediaFolderError(ManifestError):
+    """Most media files of a manifest are missing: one line (the paths point at another folder)."""
+
+    def __init__(self, path: str, line: str):
+        ClmerError.__init__(self, line)
+        self.path, self.problems, self.total = path, [line], 1
 
 
 @dataclass
@@ -54,6 +73,10 @@ class Manifest:
         col = "text_key" if input == "text" else "media_key"
         return self.df[col].to_list()
 
+    def missing_count(self) -> int:
+        """Rows whose media file is not there (ledger kind ``missing`` when extracted)."""
+        return int(self.df["missing"].is_not_null().sum()) if "missing" in self.df.columns else 0
+
     def rows(self) -> list[dict[str, Any]]:
         return self.df.to_dicts()
 
@@ -79,7 +102,7 @@ class Manifest:
         for col in MEDIA_COLUMNS:
             if col in df.columns:
                 for p in df[col].drop_nulls().to_list():
-                    if p not in seen:
+                    if p not in seen and os.path.isfile(p):
                         seen.add(p)
                         total += os.path.getsize(p)
         return {
@@ -89,6 +112,7 @@ class Manifest:
             "with_video": int(df["video"].is_not_null().sum()) if "video" in df.columns else 0,
             "with_audio": int(df["audio"].is_not_null().sum()) if "audio" in df.columns else 0,
             "with_text": int(df["text"].is_not_null().sum()) if "text" in df.columns else 0,
+            "missing_media": self.missing_count(),
             "languages": counts("language"),
             "labels": counts("label"),
             "splits": counts("split"),
@@ -122,6 +146,33 @@ def _check_utf8(path: Path) -> str | None:
     return None
 
 
+def _check_jsonl_values(path: Path) -> list[str]:
+    """Rows of a JSON-lines manifest whose known columns hold a list or an object
+    (polars would fail on the whole file, or turn the list into its JSON text)."""
+    problems = []
+    row = -1
+    with open(path, encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row += 1
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                problems.append(f"{path.name} line {line_no}: not JSON ({exc})")
+                continue
+            if not isinstance(obj, dict):
+                problems.append(f"{path.name} line {line_no}: a {type(obj).__name__}, not a JSON object")
+                continue
+            for col in (*STRING_COLUMNS, *FLOAT_COLUMNS):
+                v = obj.get(col)
+                if isinstance(v, (list, dict)):
+                    want = "a number" if col in FLOAT_COLUMNS else "a string"
+                    problems.append(f"{path.name} row {row + 1} (line {line_no}), column {col!r}: expected {want}, "
+                                    f"got a {'list' if isinstance(v, list) else 'JSON object'}: {json.dumps(v)[:60]}")
+    return problems
+
+
 def _read_table(path: Path) -> tuple[pl.DataFrame, str]:
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv"):
@@ -137,6 +188,9 @@ def _read_table(path: Path) -> tuple[pl.DataFrame, str]:
         bad = _check_utf8(path)
         if bad:
             raise ManifestError(str(path), [bad])
+        problems = _check_jsonl_values(path)
+        if problems:
+            raise ManifestError(str(path), problems[:MAX_SHOWN_PROBLEMS], total=len(problems))
         try:
             return pl.read_ndjson(path, infer_schema_length=None), "jsonl"
         except pl.exceptions.PolarsError as exc:
@@ -160,10 +214,14 @@ def read_manifest(
     *,
     check_media: bool = True,
     fingerprint: bool = True,
+    strict: bool = False,
 ) -> Manifest:
     """Read, validate and fingerprint a manifest.
 
     Raises ``ManifestError`` listing every problem (capped) with file, row and column.
+    A missing media file marks its row (column ``missing``, the reason) unless
+    ``strict``, where it is a problem like any other; more than half of the media
+    rows missing is refused either way (one line: the paths point elsewhere).
     """
     path = Path(path).resolve()
     if not path.is_file():
@@ -213,6 +271,7 @@ def read_manifest(
             first_seen[cid] = i
 
     # Resolve media paths against the manifest's folder.
+    missing: dict[int, str] = {}
     for col in MEDIA_COLUMNS:
         if col not in df.columns:
             continue
@@ -223,10 +282,25 @@ def read_manifest(
                 continue
             full = Path(os.path.expanduser(p))
             full = full if full.is_absolute() else path.parent / full
-            if check_media and not full.is_file():
-                problem(i, col, f"file not found: {p}" + (f" (resolved to {full})" if str(full) != p else ""))
+            why = _not_a_file(full, p) if check_media else None
+            if why is not None:
+                if strict:
+                    problem(i, col, why)
+                else:
+                    missing.setdefault(i, (col, why))
             resolved.append(str(full))
         df = df.with_columns(pl.Series(col, resolved, dtype=pl.Utf8))
+    if missing:
+        with_media = df.select(pl.any_horizontal([pl.col(c).is_not_null() for c in MEDIA_COLUMNS if c in df.columns])
+                               .alias("m"))["m"].sum()
+        if len(missing) > MOST_MISSING * with_media:
+            first = min(missing)
+            raise MediaFolderError(str(path), (
+                f"{path}: {len(missing)} of {with_media} rows' media files are missing, e.g. {name} "
+                f"{_row_ref(fmt, first)}, column {missing[first][0]!r}: {missing[first][1]}; are the paths "
+                f"relative to another folder than the manifest's ({path.parent})?"))
+    df = df.with_columns(pl.Series("missing", [missing[i][1] if i in missing else None for i in range(df.height)],
+                                   dtype=pl.Utf8))
 
     has_any = pl.lit(False)
     for col in (*MEDIA_COLUMNS, "text"):
@@ -255,6 +329,23 @@ def read_manifest(
     return Manifest(path=path, dataset=dataset or path.stem, df=df)
 
 
+def _not_a_file(full: Path, given: str) -> str | None:
+    """Why ``full`` is not a readable media file, or None when it is one."""
+    where = f" (resolved to {full})" if str(full) != given else ""
+    try:
+        st = os.stat(full)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"symlink loop: {given}{where}"
+        if exc.errno == errno.EACCES:
+            return f"permission denied: {given}{where}"
+        return f"file not found: {given}{where}"
+    if not os.path.isfile(full):
+        return f"not a file ({'a folder' if os.path.isdir(full) else 'not a regular file'}): {given}{where}"
+    del st
+    return None
+
+
 # ----------------------------------------------------------------------------- fingerprints
 
 
@@ -275,7 +366,8 @@ def _media_fp(video: str | None, audio: str | None, start: float | None, end: fl
         return None
     h = hashlib.sha256()
     for p in (video, audio):
-        h.update((file_fingerprint(p) if p else "-").encode())
+        # a missing file has a key of its own, replaced by the file's when it appears
+        h.update((("missing:" + p if not os.path.isfile(p) else file_fingerprint(p)) if p else "-").encode())
     h.update(f"|{start!r}|{end!r}".encode())
     return h.hexdigest()[:16]
 

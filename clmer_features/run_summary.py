@@ -28,6 +28,7 @@ class RunSummary:
     finalize_s: float = 0.0
     wall_s: float = 0.0
     decoder_restarts: int = 0
+    missing_media: int = 0      # manifest rows whose media file is missing (ledger kind 'missing')
 
     @property
     def processed(self) -> int:
@@ -54,4 +55,7 @@ class RunSummary:
             f"({self.decoded} clips, {self.decode_wait_s:.1f}s waited), finalize {self.finalize_s:.1f}s"
             + (f"; decoder restarted {self.decoder_restarts}x" if self.decoder_restarts else "")
         )
+        if self.missing_media:
+            lines.append(f"{self.missing_media} clip(s) have no media file (ledger kind 'missing', counted as failed; "
+                         "a file that appears later is extracted on the next run)")
         return "\n".join(lines)

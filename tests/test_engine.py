@@ -242,6 +242,29 @@ def test_file_gone_after_the_manifest_was_read(tiny_models, media, tmp_path):
     assert led["gone"]["stage"] == "decode" and "file not found" in led["gone"]["message"]
 
 
+def test_missing_file_is_a_ledger_entry_and_is_extracted_once_it_appears(tiny_models, media, tmp_path):
+    import shutil
+
+    late = tmp_path / "late.mp4"
+    man = T.write_manifest(tmp_path / "clips.csv", [{"clip_id": "ok", "video": str(media["av"])},
+                                                   {"clip_id": "ok2", "video": str(media["av2"])},
+                                                   {"clip_id": "late", "video": str(late)}])
+    cache = tmp_path / "cache"
+    s = extract(man, ["siglip"], cache, models_dir=tiny_models, device="cpu", progress=False, decode_workers=0)
+    assert (s.features["siglip"].done, s.features["siglip"].failed, s.missing_media) == (2, 1, 1)
+    assert "1 clip(s) have no media file (ledger kind 'missing'" in s.format()
+    led = ledger_of(cache, "siglip")
+    assert (led["late"]["kind"], led["late"]["error"]) == ("missing", "MissingFile")
+    assert led["late"]["message"] == f"file not found: {late}"
+    again = extract(man, ["siglip"], cache, models_dir=tiny_models, device="cpu", progress=False, decode_workers=0)
+    assert (again.features["siglip"].skipped, again.features["siglip"].done) == (3, 0)
+    shutil.copy(media["av"], late)
+    s3 = extract(man, ["siglip"], cache, models_dir=tiny_models, device="cpu", progress=False, decode_workers=0)
+    assert (s3.features["siglip"].done, s3.features["siglip"].skipped, s3.missing_media) == (1, 2, 0)
+    reader = open_store(cache, "clips").feature("siglip")
+    assert reader.failures().height == 0 and reader.get("late").shape[0] > 0
+
+
 def test_models_loaded_counts_loads_not_runs(tiny_models, manifest, tmp_path):
     """A second run in the same process (new work, models already cached) loads nothing."""
     extract(manifest, ["siglip"], tmp_path / "a", models_dir=tiny_models, device="cpu", progress=False)

@@ -4,7 +4,7 @@ import polars as pl
 import pytest
 
 from clmer_features.errors import ManifestError
-from clmer_features.manifest import read_manifest
+from clmer_features.manifest import MediaFolderError, read_manifest
 
 
 @pytest.fixture()
@@ -62,7 +62,7 @@ def test_every_problem_is_reported_with_file_row_and_column(media):
                          "f,clips/a.mp4,-1,2,0.6\n"
                          "g,clips/a.mp4,0,2,high\n")
     with pytest.raises(ManifestError) as ei:
-        read_manifest(p)
+        read_manifest(p, strict=True)
     text = str(ei.value)
     probs = ei.value.problems
     assert ei.value.total == 6, text
@@ -76,10 +76,63 @@ def test_every_problem_is_reported_with_file_row_and_column(media):
     assert all(pr.startswith("clips.csv row") for pr in probs)
 
 
+def test_a_missing_file_marks_its_row_and_the_rest_goes_on(media):
+    text = ("clip_id,video,start,end\n" "a,clips/a.mp4,0,2\n" "b,clips/b.mp4,0,2\n"
+            "c,clips/a.mp4,2,4\n" "d,clips/later.mp4,0,2\n")
+    p = write_csv(media, text)
+    m = read_manifest(p)
+    assert m.missing_count() == 1 and m.summary()["missing_media"] == 1
+    assert m.df["missing"].to_list()[:3] == [None, None, None]
+    assert m.df["missing"][3] == f"file not found: clips/later.mp4 (resolved to {media / 'clips' / 'later.mp4'})"
+    before = m.keys("media")
+    (media / "clips" / "later.mp4").write_bytes(os.urandom(3000))
+    after = read_manifest(p).keys("media")
+    assert after[:3] == before[:3] and after[3] != before[3] and before[3].startswith("d@")
+    # the other manifest errors stay refusals
+    with pytest.raises(ManifestError, match="duplicate clip_id"):
+        read_manifest(write_csv(media, text + "a,clips/b.mp4,0,2\n", "dup.csv"))
+
+
+def test_most_files_missing_is_refused_in_one_line(media):
+    p = write_csv(media, "clip_id,video\na,clips/a.mp4\nb,elsewhere/b.mp4\nc,elsewhere/c.mp4\n")
+    with pytest.raises(MediaFolderError) as ei:
+        read_manifest(p)
+    line = str(ei.value)
+    assert "\n" not in line
+    assert line.startswith(f"{p}: 2 of 3 rows' media files are missing, e.g. clips.csv row 2 (line 3), "
+                           "column 'video': file not found: elsewhere/b.mp4")
+    assert "relative to another folder" in line
+    # half missing is not most: the run goes on
+    assert read_manifest(write_csv(media, "clip_id,video\na,clips/a.mp4\nb,elsewhere/b.mp4\n")).missing_count() == 1
+
+
+def test_symlink_loop_is_named_as_one(media):
+    os.symlink("loop2.mp4", media / "clips" / "loop1.mp4")
+    os.symlink("loop1.mp4", media / "clips" / "loop2.mp4")
+    p = write_csv(media, "clip_id,video\na,clips/a.mp4\nb,clips/b.mp4\nc,clips/loop1.mp4\n")
+    assert read_manifest(p).df["missing"][2].startswith("symlink loop: clips/loop1.mp4")
+    with pytest.raises(ManifestError, match=r"row 3 \(line 4\), column 'video': symlink loop: clips/loop1.mp4"):
+        read_manifest(p, strict=True)
+
+
+@pytest.mark.parametrize("line, expect", [
+    ('{"clip_id": "a", "text": "x", "start": [1, 2]}',
+     "m.jsonl row 2 (line 2), column 'start': expected a number, got a list: [1, 2]"),
+    ('{"clip_id": ["a"], "text": "x"}',
+     "m.jsonl row 2 (line 2), column 'clip_id': expected a string, got a list: [\"a\"]"),
+])
+def test_jsonl_list_values_name_file_row_and_column(tmp_path, line, expect):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"clip_id": "z", "text": "y", "start": 3}\n' + line + "\n")
+    with pytest.raises(ManifestError) as ei:
+        read_manifest(p)
+    assert ei.value.problems == [expect]
+
+
 def test_problems_are_capped_with_a_count(tmp_path):
     rows = "".join(f"c{i},nope{i}.mp4\n" for i in range(50))
     with pytest.raises(ManifestError) as ei:
-        read_manifest(write_csv(tmp_path, "clip_id,video\n" + rows))
+        read_manifest(write_csv(tmp_path, "clip_id,video\n" + rows), strict=True)
     assert ei.value.total == 50 and len(ei.value.problems) == 20
     assert "and 30 more" in str(ei.value)
 

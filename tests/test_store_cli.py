@@ -48,6 +48,21 @@ def test_one_line_error_and_exit_code_from_console_script(tmp_path):
     assert "bad.csv row 1 (line 2), column 'video': file not found: missing.mp4" in res.stderr
 
 
+def test_manifest_check_counts_missing_files_and_strict_refuses_them(tmp_path):
+    from clmer_features import testing as T
+
+    T.make_wav(tmp_path / "a.wav", 0.5)
+    T.make_wav(tmp_path / "b.wav", 0.5)
+    m = tmp_path / "m.csv"
+    m.write_text("clip_id,audio\na,a.wav\nb,b.wav\nc,gone.wav\n")
+    res = CliRunner().invoke(cli, ["manifest", "check", str(m)])
+    assert res.exit_code == 0, res.output
+    assert "missing    1 clip(s) whose media file is not there" in res.output
+    assert f"c: file not found: gone.wav (resolved to {tmp_path / 'gone.wav'})" in res.output
+    res = CliRunner().invoke(cli, ["manifest", "check", "--strict", str(m)])
+    assert res.exit_code != 0 and "m.csv row 3 (line 4), column 'audio': file not found: gone.wav" in str(res.exception)
+
+
 def test_status_verify_gc(tmp_path):
     path, fw = make_store(tmp_path)
     r = CliRunner()

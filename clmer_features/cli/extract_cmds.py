@@ -74,11 +74,14 @@ def parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
               help="Run partitions on a local Dask cluster of N worker processes (one model copy each).")
 @click.option("--scheduler", metavar="ADDRESS", default=None,
               help="Run partitions on a running Dask cluster, e.g. tcp://head:8786 (same store path on every worker).")
+@click.option("--strict", is_flag=True,
+              help="Refuse the manifest if any media file is missing (default: those clips go to the "
+                   "ledger as kind 'missing' and the run goes on; most files missing is always refused).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def extract_cmd(manifest: str, features: str, cache_dir: str, models_dir: str | None, model: tuple[str, ...],
                 device: str, dataset: str | None, batch_size: int, partition_size: int,
                 decode_workers: int | None, param: tuple[str, ...], retry_failed: bool,
-                workers: int | None, scheduler: str | None, no_progress: bool) -> None:
+                workers: int | None, scheduler: str | None, strict: bool, no_progress: bool) -> None:
     """Extract FEATURES for every clip of MANIFEST that the cache lacks.
 
     \b
@@ -96,6 +99,7 @@ def extract_cmd(manifest: str, features: str, cache_dir: str, models_dir: str | 
       clmer-features extract clips.csv -f siglip --device cuda --scheduler tcp://head:8786
     """
     from clmer_features.engine import extract
+    from clmer_features.manifest import read_manifest
     from clmer_features.models import parse_overrides
 
     kwargs: dict[str, Any] = {}
@@ -103,8 +107,10 @@ def extract_cmd(manifest: str, features: str, cache_dir: str, models_dir: str | 
         from clmer_features.distributed import extract_distributed as extract  # type: ignore[assignment]
 
         kwargs = {"workers": workers, "scheduler": scheduler, "log": lambda m: click.echo(m, err=True)}
+    names = _feature_list(features)
+    m = read_manifest(manifest, dataset=dataset, strict=strict)
     summary = extract(
-        manifest, _feature_list(features), cache_dir, models_dir=models_dir,
+        m, names, cache_dir, models_dir=models_dir,
         model_overrides=parse_overrides(model), device=device, batch_size=batch_size,
         retry_failed=retry_failed, dataset=dataset, partition_size=partition_size,
         decode_workers=decode_workers, params=parse_params(param), progress=not no_progress, **kwargs,
@@ -123,22 +129,29 @@ def extract_cmd(manifest: str, features: str, cache_dir: str, models_dir: str | 
 @click.option("--cache", "cache_dir", default="cache", show_default=True, type=click.Path(file_okay=False))
 @click.option("--dataset", help="Dataset name (store folder); default: the manifest file's stem.")
 @click.option("-o", "--output", default="transcription_results.csv", show_default=True,
-              type=click.Path(dir_okay=False), help="CSV to write.")
+              help="CSV to write; a folder gets transcription_results.csv in it; - writes the CSV to stdout.")
 def export_transcripts_cmd(manifest: str, cache_dir: str, dataset: str | None, output: str) -> None:
     """Write the ASR transcripts of MANIFEST's clips to a CSV (transcription_results.csv)."""
+    import sys
+
     from clmer_features.manifest import read_manifest
     from clmer_features.store import open_store
 
     try:
-        from clmer_features.extractors.asr import export_transcripts
+        from clmer_features.extractors.asr import export_transcripts, transcripts_path, transcripts_table
     except ImportError as exc:
         raise ClmerError(f"the asr extractor is not available: {exc}") from None
     m = read_manifest(manifest, dataset=dataset)
     store = open_store(cache_dir, m.dataset)
     store.write_clips(m)
-    result = export_transcripts(store, Path(output))
-    path, rows = result if isinstance(result, tuple) else (output, result)
-    click.echo(f"wrote {rows} transcripts to {path}")
+    if output == "-":
+        table = transcripts_table(store)
+        sys.stdout.write(table.write_csv())
+        sys.stdout.flush()
+        click.echo(f"wrote {table.height} transcripts to stdout", err=True)
+        return
+    rows = export_transcripts(store, Path(output))
+    click.echo(f"wrote {rows} transcripts to {transcripts_path(output)}")
 
 
 @click.command("demo")

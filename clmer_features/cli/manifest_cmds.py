@@ -26,11 +26,18 @@ def manifest_group() -> None:
 @manifest_group.command("check")
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--dataset", help="Dataset name (store folder); default: the manifest file's stem.")
-def check(manifest: str, dataset: str | None) -> None:
+@click.option("--strict", is_flag=True, help="A missing media file is a problem (as extract --strict).")
+def check(manifest: str, dataset: str | None, strict: bool) -> None:
     """Validate MANIFEST and print a summary (or every problem, with file, row and column)."""
-    m = read_manifest(manifest, dataset=dataset)
+    m = read_manifest(manifest, dataset=dataset, strict=strict)
     s = m.summary()
     click.echo(f"{s['manifest']}: OK, dataset {s['dataset']!r}")
+    if s["missing_media"]:
+        first = m.df.filter(m.df["missing"].is_not_null()).head(3)
+        click.echo(f"  missing    {s['missing_media']} clip(s) whose media file is not there (extract records them "
+                   "in the ledger as 'missing'), e.g.")
+        for cid, why in first.select("clip_id", "missing").iter_rows():
+            click.echo(f"             {cid}: {why}")
     click.echo(f"  clips      {s['clips']} (video {s['with_video']}, audio {s['with_audio']}, text {s['with_text']})")
     click.echo(f"  languages  {_counts(s['languages'])}")
     click.echo(f"  labels     {_counts(s['labels'])}")

@@ -156,9 +156,10 @@ class PartWriter:
         self._b.records.append({"clip_key": clip_key, "clip_id": clip_id, **record})
 
     def fail(self, clip_key: str, clip_id: str, stage: str, error: str, message: str, kind: str = "error") -> None:
-        """Record that a clip produced nothing: ``kind`` 'error' (broken) or 'absent' (no such modality)."""
-        if kind not in ("error", "absent"):
-            raise ValueError(f"kind must be 'error' or 'absent', not {kind!r}")
+        """Record that a clip produced nothing: ``kind`` 'error' (broken), 'absent' (no such
+        modality) or 'missing' (the manifest's media file is not there)."""
+        if kind not in ("error", "absent", "missing"):
+            raise ValueError(f"kind must be 'error', 'absent' or 'missing', not {kind!r}")
         self._check_new(clip_key)
         self._b.failures.append(
             {"clip_id": clip_id, "clip_key": clip_key, "stage": stage, "error": error, "message": message[:2000], "kind": kind}
