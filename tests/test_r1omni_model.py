@@ -168,9 +168,13 @@ def test_gate_runs_once_per_instruction(loaded):
 
 
 def test_batched_equals_one_by_one_and_kv_cache_equals_full_recompute(loaded):
+    import warnings
+
     dec = R1OmniDecoder(loaded, "Which emotion?", max_new_tokens=6)
     v, a = _features(3, seed=5)
-    batched = [g.tokens for g in dec.decode(v, a)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # e.g. transformers' past_key_values deprecation
+        batched = [g.tokens for g in dec.decode(v, a)]
     single = [dec.decode(v[i : i + 1], a[i : i + 1])[0].tokens for i in range(3)]
     assert batched == single
     # greedy without a cache: feed the whole sequence at every step

@@ -133,6 +133,7 @@ def test_dfew_folds(tmp_path: Path) -> None:
     assert df.group_by("fold").len().sort("fold")["len"].to_list() == [8] * 5
     row = df.filter(pl.col("clip_id") == "7").row(0, named=True)
     assert row["fold"] == "2" and row["label"] == "neutral" and row["video"].endswith("00007.mp4")
+    assert row["label_id"] == "3"  # the dataset's own id as written (not 3.0)
     conflict = [p for p in res.report.problems if p.kind == "fold_conflict"][0]
     assert conflict.file == "test(single-labeled)/set_2.csv" and "fold 1" in conflict.message
 
@@ -228,3 +229,16 @@ def test_mer2025_candidates(tmp_path: Path) -> None:
     assert cands["clip_id"].to_list() == ["cand_1", "cand_2"] and cands["label"].null_count() == 2
     dup = [p for p in res.report.problems if p.kind == "duplicate_id"]
     assert len(dup) == 1 and dup[0].file == "track_all_candidates.csv" and dup[0].row == 3
+
+
+def test_manifest_from_help_shows_each_recipes_folder_layout() -> None:
+    from clmer_features.recipes import get_recipe, layout
+
+    res = CliRunner().invoke(cli, ["manifest", "from", "--help"])
+    assert res.exit_code == 0, res.output
+    for name in available():
+        lines = layout(get_recipe(name))
+        assert lines and any("ROOT/" in ln for ln in lines), name
+        for ln in lines:  # shown as written, one per line (never rewrapped)
+            assert ln.rstrip() in res.output, (name, ln)
+    assert "ROOT/EmoLabel_DataSplit/test(single-labeled)/set_{1..5}.csv" in res.output

@@ -6,12 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import clmer_fusion.train as fusion_train
 from clmer_features.interop import export_features, import_features
 from clmer_features.manifest import read_manifest
 from clmer_features.recipes import build_manifest
 from tests._recipes_helpers import MAKERS, label_features, write_npy_folder
-
-fusion_train = pytest.importorskip("clmer_fusion.train", reason="clmer_fusion.train not available")
 
 # The protocol each dataset is evaluated under: its official splits, k folds, or leave-one-session-out.
 PROTOCOLS = {

@@ -5,7 +5,7 @@ import click
 
 from clmer_features.cli.store_cmds import progress_option, show_progress
 from clmer_features.interop import FORMATS, export_features, import_features
-from clmer_features.recipes import available, build_manifest, get_recipe
+from clmer_features.recipes import available, build_manifest, get_recipe, layout
 from clmer_features.store import DEFAULT_CACHE
 
 cache_option = click.option(
@@ -25,14 +25,16 @@ def _options(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def _recipe_help() -> str:
-    lines = []
+    """Per dataset: the folder layout under ROOT it expects and its --option keys."""
+    blocks = ["Datasets: the folder layout each expects under ROOT, and its --option keys."]
     for name in available():
-        opts = get_recipe(name).OPTIONS
-        lines.append(f"  {name:<9} " + ("; ".join(f"{k}: {v}" for k, v in opts.items()) or "no options"))
-    return "\n".join(lines)
+        recipe = get_recipe(name)
+        opts = "; ".join(f"{k}: {v}" for k, v in recipe.OPTIONS.items()) or "none"
+        blocks.append("\b\n" + "\n".join([f"{name}", *layout(recipe), f"  options: {opts}"]))
+    return "\n\n".join(blocks)
 
 
-@click.command("from", epilog="\b\nDatasets and their --option keys:\n" + _recipe_help())
+@click.command("from", epilog=_recipe_help())
 @click.argument("dataset", type=click.Choice(available(), case_sensitive=False))
 @click.argument("root", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False),

@@ -702,19 +702,24 @@ def export_transcripts(store: Any, out_path: str | Path, feature: str = "asr") -
     segments (JSON list of {start, end, text}), backend. Written to a temporary
     file first, then renamed: a crash never leaves half a CSV.
     """
-    import polars as pl
-
-    records = store.feature(feature).records()
+    table = transcripts_table(store, feature)
     out = transcripts_path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cols = ["clip_id", "language", "text", "segments", "backend"]
-    table = records.select([
-        (pl.col(c) if c in records.columns else pl.lit(None, dtype=pl.Utf8).alias(c)) for c in cols
-    ])
     tmp = out.with_name(out.name + ".tmp")
     table.write_csv(tmp)
     tmp.replace(out)
     return table.height
+
+
+def transcripts_table(store: Any, feature: str = "asr") -> Any:
+    """The store's transcripts as a polars table: clip_id, language, text, segments, backend."""
+    import polars as pl
+
+    records = store.feature(feature).records()
+    cols = ["clip_id", "language", "text", "segments", "backend"]
+    return records.select([
+        (pl.col(c) if c in records.columns else pl.lit(None, dtype=pl.Utf8).alias(c)) for c in cols
+    ])
 
 
 def transcripts_path(out_path: str | Path) -> Path:

@@ -139,8 +139,9 @@ class Hdf5Source:
         root = self.f
         if key:
             if key not in self.f or not isinstance(self.f[key], h5py.Group):
+                top = ", ".join(self.f.keys()) or "nothing"  # listed before the file closes
                 self.f.close()
-                raise InteropError(f"{path}: no group {key!r} (top level: {', '.join(self.f.keys())})")
+                raise InteropError(f"{path}: no group {key!r} (top level: {top})")
             root = self.f[key]
         self.packed = "clip_ids" in root and "values" in root
         if not self.packed and not key and "features" in self.f and isinstance(self.f["features"], h5py.Group):

@@ -21,11 +21,28 @@ ALIASES = {
     "cmu-mosei": "mosei", "cmumosei": "mosei", "mer-2025": "mer2025",
 }
 
-__all__ = ["available", "get_recipe", "build_manifest", "RecipeError", "RecipeReport", "RecipeResult"]
+__all__ = ["available", "get_recipe", "layout", "build_manifest", "RecipeError", "RecipeReport", "RecipeResult"]
 
 
 def available() -> list[str]:
     return list(MODULES)
+
+
+def layout(recipe: ModuleType) -> list[str]:
+    """The folder layout a recipe expects: the literal block after ``Layout ...::`` in its
+    module docstring (one source for the docs and ``manifest from --help``)."""
+    lines = (recipe.__doc__ or "").splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith("Layout") and ln.rstrip().endswith("::")), None)
+    if start is None:
+        return []
+    block: list[str] = []
+    for ln in lines[start + 1:]:
+        if ln.strip() and not ln.startswith(" "):
+            break
+        block.append(ln.rstrip())
+    while block and not block[-1]:
+        block.pop()
+    return [ln for ln in block if ln]
 
 
 def get_recipe(name: str) -> ModuleType:

@@ -1,9 +1,13 @@
 """CH-SIMS v2 (supervised part, ``ch-simsv2s``): Mandarin, sentiment in [-1, 1].
 
-Its ``label.csv`` (or ``meta.csv``) has video_id, clip_id, text, label,
-label_T, label_A, label_V, annotation, mode; the unimodal labels are kept as
-the manifest columns ``label_T``, ``label_A``, ``label_V``. Videos are
-``Raw/<video_id>/<clip_id>.mp4``. See ``recipes.mmsa`` for the shared rules.
+Layout of the release::
+
+    ROOT/label.csv (or meta.csv)   video_id, clip_id, text, label, label_T, label_A, label_V,
+                                   annotation, mode
+    ROOT/Raw/<video_id>/<clip_id>.mp4
+
+The unimodal labels are kept as the manifest columns ``label_T``,
+``label_A``, ``label_V``. See ``recipes.mmsa`` for the shared rules.
 """
 from __future__ import annotations
 

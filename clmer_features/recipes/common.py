@@ -286,7 +286,9 @@ def rows_to_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
     schema: dict[str, Any] = {c: (pl.Float64 if c in FLOAT_BASE else pl.Utf8) for c in BASE_COLUMNS}
     for c in extra:
         vals = [v for v in data[c] if v is not None]
-        if vals and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+        if vals and all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+            schema[c] = pl.Int64  # ids stay ids: label_id 1, not 1.0
+        elif vals and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
             schema[c] = pl.Float64
         else:
             schema[c] = pl.Utf8

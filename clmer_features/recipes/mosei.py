@@ -1,8 +1,12 @@
 """CMU-MOSEI in the MMSA layout: English, sentiment in [-3, 3].
 
-``label.csv``: video_id, clip_id, text, label, annotation, mode (MMSA may also
-write empty label_T/label_A/label_V columns; they are ignored). Videos are
-``Raw/<video_id>/<clip_id>.mp4``. See ``recipes.mmsa`` for the shared rules.
+Layout of the release::
+
+    ROOT/label.csv   video_id, clip_id, text, label, annotation, mode
+    ROOT/Raw/<video_id>/<clip_id>.mp4
+
+MMSA may also write empty label_T/label_A/label_V columns; they are ignored.
+See ``recipes.mmsa`` for the shared rules.
 """
 from __future__ import annotations
 
