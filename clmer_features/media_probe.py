@@ -33,6 +33,20 @@ def _float(x: Any) -> float | None:
     return v if math.isfinite(v) and v > 0 else None
 
 
+def _tag_seconds(tag: Any) -> float | None:
+    """``'00:10:00.007000000'`` (Matroska's per-stream DURATION tag) -> seconds."""
+    try:
+        h, m, sec = str(tag).split(":")
+        return _float(int(h) * 3600 + int(m) * 60 + float(sec))
+    except (TypeError, ValueError):
+        return None
+
+
+def _stream_seconds(stream: dict[str, Any]) -> float | None:
+    """An ffprobe stream's duration, else its DURATION tag (Matroska/WebM)."""
+    return _float(stream.get("duration")) or _tag_seconds((stream.get("tags") or {}).get("DURATION"))
+
+
 def probe(path: str, rotation: bool = True) -> Probe:
     """Streams, durations and rotation of a media file; DecodeError if unreadable.
 
@@ -57,7 +71,9 @@ def _av_probe(path: str, want_rotation: bool) -> Probe:
             audio = list(c.streams.audio)
 
             def dur(s: Any) -> float | None:
-                return _float(s.duration * s.time_base) if s.duration is not None and s.time_base else None
+                if s.duration is not None and s.time_base:
+                    return _float(s.duration * s.time_base)
+                return _tag_seconds((s.metadata or {}).get("DURATION"))  # Matroska/WebM: a tag per stream
 
             rotation = 0
             if video and want_rotation:
@@ -113,8 +129,8 @@ def _ffprobe(path: str) -> Probe:
         has_video=bool(video),
         has_audio=bool(audio),
         duration=fmt,
-        video_duration=_float(video[0].get("duration")) if video else None,
-        audio_duration=_float(audio[0].get("duration")) if audio else None,
+        video_duration=_stream_seconds(video[0]) if video else None,
+        audio_duration=_stream_seconds(audio[0]) if audio else None,
         rotation=rotation % 360,
         width=int(video[0].get("width") or 0) if video else 0,
         height=int(video[0].get("height") or 0) if video else 0,

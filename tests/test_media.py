@@ -209,3 +209,56 @@ def test_decoders_exit_when_their_parent_is_killed(tmp_path):
         time.sleep(0.2)
         alive = [p for p in pids if os.path.exists(f"/proc/{p}") and "Z" not in open(f"/proc/{p}/stat").read().split()[2]]
     assert not alive, f"decoder processes {alive} outlived their killed parent"
+
+
+@pytest.fixture(scope="module")
+def ten_minutes(tmp_path_factory):
+    """A 10-minute mp4 (1 fps gray 32x24, 16 kbit/s aac; made in ~5 s) and a copy with 256
+    random bytes at 95% of the file (in the audio of the last minute)."""
+    d = tmp_path_factory.mktemp("long")
+    src = d / "long.mp4"
+    T._ffmpeg("-f", "lavfi", "-i", "color=c=gray:size=32x24:rate=1:duration=600", "-f", "lavfi", "-i",
+              "sine=frequency=300:sample_rate=16000:duration=600", "-c:v", "libx264", "-preset", "ultrafast",
+              "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "16k", "-shortest", str(src))
+    return src, T.make_corrupt(src, d / "corrupt.mp4", at=0.95, length=256)
+
+
+@pytest.mark.slow
+def test_a_few_corrupt_bytes_near_the_end_of_a_long_file_fail_the_audio(ten_minutes):
+    """256 bytes lose 6 s of 600: a failure whatever the length (0.25 s + 2% let 12 s pass)."""
+    from clmer_features.media import SHORTFALL_LIMIT_S
+
+    clean, bad = ten_minutes
+    ok = decode_clip(job(clean, frames=()))
+    assert ok.problems == {} and abs(len(ok.audio) / 16000 - 600) < SHORTFALL_LIMIT_S
+    kind, msg = decode_clip(job(bad, frames=())).problems["audio"]
+    assert kind == "error" and "audio decodes to 594.05s but the container says 600.00s" in msg
+
+
+def test_frames_short_of_the_container_fail_the_video(tmp_path):
+    src = tmp_path / "v.webm"  # WebM: no index, decord finds the frames it can read
+    T._ffmpeg("-f", "lavfi", "-i", "testsrc2=size=32x24:rate=2:duration=120", "-c:v", "libvpx", "-deadline",
+              "realtime", "-cpu-used", "8", "-pix_fmt", "yuv420p", str(src))
+    assert len(decode_clip(job(src)).frames[FrameRequest.interval(2.0)][0]) == 60
+    bad = T.make_corrupt(src, tmp_path / "bad.webm", at=0.99, length=256)
+    kind, msg = decode_clip(job(bad)).problems["video"]
+    assert kind == "error" and "video decodes to 119.00s but the container says 120.00s" in msg
+
+
+
+@pytest.mark.slow
+def test_the_corrupt_long_file_is_a_ledger_failure_not_done(ten_minutes, tmp_path):
+    import polars as pl
+
+    from clmer_features.engine import extract
+    from clmer_features.store import open_store
+    from clmer_features.testing_audio import make_tiny_emotion2vec
+
+    _, bad = ten_minutes
+    model = make_tiny_emotion2vec(tmp_path / "e2v")
+    manifest = T.write_manifest(tmp_path / "long.csv", [{"clip_id": "long", "audio": str(bad)}])
+    s = extract(manifest, ["emotion2vec"], tmp_path / "cache", model_overrides={"emotion2vec": model},
+                device="cpu", progress=False, decode_workers=0)
+    assert (s.features["emotion2vec"].done, s.features["emotion2vec"].failed) == (0, 1)
+    led = open_store(tmp_path / "cache", "long").ledger().filter(pl.col("clip_id") == "long").row(0, named=True)
+    assert led["kind"] == "error" and "594.05s but the container says 600.00s" in led["message"]

@@ -156,7 +156,7 @@ class R1OmniModel(nn.Module):
 
         batch = embeds.shape[0]
         cache = DynamicCache(config=self.lm.config)
-        out = self.lm(inputs_embeds=embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = self.lm(inputs_embeds=embeds, cache=cache, use_cache=True, logits_to_keep=1)
         done = torch.zeros(batch, dtype=torch.bool, device=embeds.device)
         stops = torch.tensor(sorted(stop_ids), device=embeds.device)
         tokens: list[torch.Tensor] = []
@@ -175,7 +175,7 @@ class R1OmniModel(nn.Module):
             done = done | torch.isin(nxt, stops)
             if bool(done.all()):
                 break
-            out = self.lm(input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True,
+            out = self.lm(input_ids=nxt[:, None], cache=out.cache, use_cache=True,
                           logits_to_keep=1)
         result: list[list[int]] = []
         seq = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in range(batch)]
