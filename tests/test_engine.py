@@ -256,6 +256,10 @@ def test_missing_file_is_a_ledger_entry_and_is_extracted_once_it_appears(tiny_mo
     led = ledger_of(cache, "siglip")
     assert (led["late"]["kind"], led["late"]["error"]) == ("missing", "MissingFile")
     assert led["late"]["message"] == f"file not found: {late}"
+    from clmer_features.store.maintenance import status as store_status
+
+    (st,) = store_status(open_store(cache, "clips"))
+    assert (st.done, st.failed, st.missing, st.absent) == (2, 1, 0, 0)  # status agrees with extract
     again = extract(man, ["siglip"], cache, models_dir=tiny_models, device="cpu", progress=False, decode_workers=0)
     assert (again.features["siglip"].skipped, again.features["siglip"].done) == (3, 0)
     shutil.copy(media["av"], late)

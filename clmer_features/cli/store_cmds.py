@@ -51,7 +51,8 @@ def status_cmd(manifest: str, cache_dir: str, dataset: str | None) -> None:
             f"{r.pending_parts} part(s) not finalized" if r.pending_parts else "not finalized")
         click.echo(f"  {r.feature:<16}{r.spec_id:<14}{r.done:>7}{r.missing:>9}{r.failed:>8}{r.absent:>8}  {state}")
     shown = pl.DataFrame([(r.feature, r.spec_id) for r in rows], schema=["feature", "spec_id"], orient="row")
-    fails = (store.ledger().filter((pl.col("kind") == "error") & pl.col("clip_id").is_in(m.df["clip_id"].implode()))
+    fails = (store.ledger().filter(pl.col("kind").is_in(["error", "missing"])
+                                   & pl.col("clip_id").is_in(m.df["clip_id"].implode()))
              .join(shown, on=["feature", "spec_id"], how="semi"))
     for row in fails.head(5).iter_rows(named=True):
         click.echo(f"  failed: {row['feature']}/{row['spec_id']} {row['clip_id']}: {row['stage']}: {row['error']}: "

@@ -50,7 +50,7 @@ def status(store: Store, clips: pl.DataFrame | None = None) -> list[FeatureStatu
         else:
             wanted = set(keys["clip_key"].to_list())
         failed = fails.filter(pl.col("clip_key").is_in(list(wanted)))
-        n_err = int((failed["kind"] == "error").sum())
+        n_err = int(failed["kind"].is_in(["error", "missing"]).sum())  # missing media counts as failed, as in extract
         n_abs = int((failed["kind"] == "absent").sum())
         done = len(wanted & done_keys)
         complete = L.read_json(s.path / L.COMPLETE_FILE) if s.complete else {}
