@@ -68,3 +68,12 @@ def test_audio_is_cut_at_30_seconds_and_pooled_by_3(tiny):
     assert not np.allclose(o_long.values, o_short.values)
     assert o_long.times[1] == pytest.approx(0.06) and o_long.times[-1] == pytest.approx(499 * 0.06)
     assert isinstance(o_none, MissingModalityError)
+
+
+def test_tower_loading_is_quiet(tiny, capfd):
+    """No transformers loading bars or load reports: the engine draws its own bar."""
+    capfd.readouterr()
+    get_extractor("r1omni_vision")(tiny.siglip_dir).load()
+    get_extractor("r1omni_audio")(tiny.whisper_dir).load()
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out + err)[-500:]
