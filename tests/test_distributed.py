@@ -263,11 +263,14 @@ def test_a_partition_that_keeps_failing_leaves_a_consistent_store(client, faults
 
 
 def test_a_dask_client_and_a_local_run_on_one_cache_split_the_partitions(client, manifest, tiny_models, reference,
-                                                                          tmp_path):
+                                                                          tmp_path, monkeypatch):
     """Leases: a Dask run and an in-process run started together on one cache compute each partition
     once between them (the Dask client leases two partitions per worker at a time)."""
     import threading
 
+    # Twice the lease seen expiring at load 5-10 on the 2-core VM (a partition computed twice):
+    # expiry has its own tests; here a long TTL keeps the split from depending on the machine's load.
+    monkeypatch.setenv("CLMER_LEASE_TTL", "600")
     ref_cache, _, _ = reference
     cache = tmp_path / "cache"
     kw = dict(models_dir=tiny_models, device="cpu", partition_size=1, progress=False)
