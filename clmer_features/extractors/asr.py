@@ -609,20 +609,7 @@ class AsrExtractor(Extractor):
     def _generate_words(self, audios: list[np.ndarray], lang: str | None) -> list[list[tuple[float, float, str, int]]]:
         """Windows (<= 30 s) through ``generate`` with token timestamps (cross-attention alignment);
         per window its words (start, end, text, segment), a word starting at a token with a leading space."""
-        import torch
-
-        feats, mask = self._features(audios)
-        kwargs: dict[str, Any] = {}
-        if self._multilingual():
-            kwargs.update(language=lang, task="transcribe")
-        if self.max_new_tokens:
-            kwargs["max_new_tokens"] = self.max_new_tokens
-        with torch.inference_mode():
-            gen = self._model.generate(
-                feats, attention_mask=mask, return_timestamps=True, return_segments=True,
-                return_token_timestamps=True, num_beams=self.beam_size, do_sample=False,
-                condition_on_prev_tokens=False, **kwargs,
-            )
+        gen = self._whisper_generate(audios, lang, return_token_timestamps=True)
         tok = self._processor.tokenizer
         eot = tok.convert_tokens_to_ids("<|endoftext|>")  # text tokens come before it, timestamps after
         results = []
@@ -665,20 +652,24 @@ class AsrExtractor(Extractor):
         tokens = self._processor.tokenizer.convert_ids_to_tokens(ids.reshape(-1).tolist())
         return [t.strip("<|>") for t in tokens]
 
-    def _generate(self, audios: list[np.ndarray], lang: str | None) -> list[tuple[str, list]]:
+    def _whisper_generate(self, audios: list[np.ndarray], lang: str | None, **extra: Any) -> Any:
+        """Deterministic ``generate`` with segment timestamps on a batch of windows (one language)."""
         import torch
 
         feats, mask = self._features(audios)
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = dict(extra)
         if self._multilingual():
             kwargs.update(language=lang, task="transcribe")
         if self.max_new_tokens:
             kwargs["max_new_tokens"] = self.max_new_tokens
         with torch.inference_mode():
-            gen = self._model.generate(
+            return self._model.generate(
                 feats, attention_mask=mask, return_timestamps=True, return_segments=True,
                 num_beams=self.beam_size, do_sample=False, condition_on_prev_tokens=False, **kwargs,
             )
+
+    def _generate(self, audios: list[np.ndarray], lang: str | None) -> list[tuple[str, list]]:
+        gen = self._whisper_generate(audios, lang)
         tok = self._processor.tokenizer
         results = []
         for b in range(len(audios)):
