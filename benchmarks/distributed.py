@@ -70,7 +70,8 @@ def main() -> None:
 
     from distributed import wait
 
-    from clmer_features.distributed import DaskRunner, clear_worker_cache, dask_client, worker_counters
+    from clmer_features.distributed import DaskRunner, dask_client
+    from clmer_features.runtime import clear_model_cache as clear_worker_cache, worker_counters
 
     root = Path(tempfile.mkdtemp(prefix="clmer-bench-dist-"))
     rows: list[tuple[str, float, str]] = []

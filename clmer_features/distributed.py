@@ -7,10 +7,12 @@ uses a running cluster instead. The engine plans exactly as in-process
 part names and numbers are the same; only *where* each partition runs changes.
 
 - One Dask task per partition of clips (a whole part), never one per clip.
-- Each worker keeps its extractors in this module's cache (an importable
-  module, so the cache survives between tasks): a model loads once per worker.
-  The client ships each extractor's *unloaded* state (params, text source,
-  transcripts) once per run; a worker reloads only when that state changes.
+- A worker runs a partition with :mod:`clmer_features.runtime`, as the local
+  engine does: its model cache (an importable module, so it survives between
+  tasks) is keyed by feature, model folder, device and config JSON, so a model
+  loads once per worker. A task carries that key and the planner's bound
+  inputs, never a pickled extractor; earlier outputs (transcripts) are read
+  from the store by the worker itself.
 - ``device="cuda"`` asks for ``resources={"GPU": 1}`` per task; workers must
   offer it (``dask worker ... --resources GPU=1``).
 - A task that raises is retried (``retries``); a worker that dies has its task
@@ -26,128 +28,37 @@ The store's folder must be the same path on the client and every worker.
 from __future__ import annotations
 
 import contextlib
-import copy
-import hashlib
 import logging
-import multiprocessing
 import os
-import pickle
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from clmer_features.engine import (
-    DEFAULT_BATCH_SIZE,
-    FeatureStats,
-    PartitionTask,
-    RunSummary,
-    extract,
-    resolve_device,
-    run_partition,
-)
+from clmer_features import runtime
+from clmer_features.device import cuda_available, resolve_device
+from clmer_features.engine import DEFAULT_BATCH_SIZE, PartitionTask, RunSummary, extract
 from clmer_features.errors import ClmerError
-from clmer_features.extractors.base import Extractor
+from clmer_features.runtime import PartitionResult
 
 # --------------------------------------------------------------------------- worker side
-# Everything here lives in the worker process between tasks.
-_EXTRACTORS: dict[tuple[str, ...], tuple[str, Extractor]] = {}  # cache key -> (state digest, loaded extractor)
-_LOADS: dict[str, int] = {}  # feature -> models loaded in this process
-_TASKS: list[int] = [0]  # partitions run in this process
-_POOL: list[Any] = []  # this worker's DecoderPool (created on first media task)
-
-
-@dataclass(frozen=True)
-class ExtractorState:
-    """An extractor as the client configured it, without its model, and the digest of that state."""
-
-    key: tuple[str, ...]
-    digest: str
-    extractor: Extractor
-
-
-@dataclass
-class PartitionResult:
-    """What a worker sends back for one partition: counts and timings only."""
-
-    index: int
-    clips: int
-    stats: dict[str, FeatureStats]
-    decoded: int = 0
-    decode_s: float = 0.0
-    decode_wait_s: float = 0.0
-    decoder_restarts: int = 0
-    loads: int = 0
-    wall_s: float = 0.0
-    worker: str = ""
-    pid: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-
-def worker_counters() -> dict[str, Any]:
-    """This process's model loads per feature and partitions run (read with ``client.run``)."""
-    return {"loads": dict(_LOADS), "tasks": _TASKS[0], "pid": os.getpid()}
-
-
-def clear_worker_cache() -> None:
-    """Forget loaded extractors and zero the counters (benchmarks and tests, via ``client.run``)."""
-    for _, ext in _EXTRACTORS.values():
-        with contextlib.suppress(Exception):
-            ext.unload()
-    _EXTRACTORS.clear()
-    _LOADS.clear()
-    _TASKS[0] = 0
-
-
-def _worker_extractor(state: ExtractorState) -> tuple[Extractor, float]:
-    """The loaded extractor for ``state`` (loaded now if this worker lacks it) and the load time."""
-    cached = _EXTRACTORS.get(state.key)
-    if cached is not None and cached[0] == state.digest:
-        return cached[1], 0.0
-    if cached is not None:  # same model, new run state (e.g. new transcripts): replace
-        with contextlib.suppress(Exception):
-            cached[1].unload()
-        del _EXTRACTORS[state.key]
-    ext = copy.copy(state.extractor)  # do not load into the object Dask holds (it may be spilled)
-    t0 = time.perf_counter()
-    ext.load()
-    load_s = max(time.perf_counter() - t0, 1e-9)
-    _EXTRACTORS[state.key] = (state.digest, ext)
-    _LOADS[ext.name] = _LOADS.get(ext.name, 0) + 1
-    return ext, load_s
-
-
-def _decoder_pool(decode_workers: int | None, warnings: list[str]) -> Any:
-    from clmer_features.media import DecoderPool
-
-    if not _POOL:
-        workers = decode_workers
-        if multiprocessing.current_process().daemon and workers != 0:
-            # A daemonic process may not have children: decode in the worker itself.
-            warnings.append("worker processes are daemonic, so clips are decoded inside the worker (no crash "
-                            "isolation); start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False")
-            workers = 0
-        _POOL.append(DecoderPool(workers=workers))
-    return _POOL[0]
 
 
 def run_partition_task(
     index: int,
     rows: list[dict[str, Any]],
     tasks: list[PartitionTask],
-    states: dict[str, ExtractorState],
     batch_size: int,
     decode_workers: int | None,
     torch_threads: int | None = None,
 ) -> PartitionResult:
-    """One Dask task: run one partition with this worker's cached extractors and commit its parts."""
+    """One Dask task: run one partition with this worker's runtime and commit its parts."""
     from clmer_features.models import ensure_offline
 
-    t0 = time.perf_counter()
     ensure_offline()
     if torch_threads:
         import torch
@@ -155,55 +66,20 @@ def run_partition_task(
         if torch.get_num_threads() != torch_threads:
             torch.set_num_threads(torch_threads)
     warnings: list[str] = []
-    stats = {t.feature: FeatureStats() for t in tasks}
-    load_s: dict[str, float] = {}
-    loads_before = sum(_LOADS.values())
-    ready = []
-    for t in tasks:
-        ext, load_s[t.feature] = _worker_extractor(states[t.feature])
-        stats[t.feature].load_s = max(load_s[t.feature], 1e-9)  # run_task loads no more
-        ready.append(replace(t, extractor=ext))
-    media = any(t.extractor.input in ("video", "audio") for t in ready)
-    pool = _decoder_pool(decode_workers, warnings) if media else None
-    restarts = pool.restarts if pool is not None else 0
-    local = RunSummary(dataset="", clips=len(rows))
-    run_partition(rows, ready, stats, pool=pool, batch_size=batch_size, summary=local)
-    for name, s in stats.items():
-        s.load_s = load_s[name]
-    _TASKS[0] += 1
+    media = any(t.input in runtime.MEDIA_INPUTS for t in tasks)
+    pool = runtime.worker_decoder_pool(decode_workers, warnings) if media else None
+    result = runtime.run_partition(index, rows, tasks, batch_size=batch_size, pool=pool)
     try:
         from distributed import get_worker
 
-        worker = get_worker().address
+        result.worker = get_worker().address
     except (ImportError, ValueError):
-        worker = ""
-    return PartitionResult(
-        index=index, clips=len(rows), stats=stats, decoded=local.decoded, decode_s=local.decode_s,
-        decode_wait_s=local.decode_wait_s, decoder_restarts=(pool.restarts - restarts) if pool else 0,
-        loads=sum(_LOADS.values()) - loads_before, wall_s=time.perf_counter() - t0, worker=worker,
-        pid=os.getpid(), warnings=warnings,
-    )
-
-
-def _hold(state: ExtractorState) -> ExtractorState:
-    return state
+        pass
+    result.warnings = warnings
+    return result
 
 
 # --------------------------------------------------------------------------- client side
-def extractor_state(ext: Extractor) -> ExtractorState:
-    """``ext``'s configuration without its model (a loaded client-side instance is not touched)."""
-    from clmer_features.engine import MODEL_CACHE
-
-    light = copy.copy(ext)
-    with contextlib.suppress(Exception):
-        light.unload()  # on the copy: drops model references, the original keeps them
-    blob = pickle.dumps(light, protocol=pickle.HIGHEST_PROTOCOL)
-    key = next((k for k, v in MODEL_CACHE.items() if v is ext), None)
-    if key is None:
-        key = (ext.name, str(ext.model_dir), ext.device, repr(sorted(ext.params.items())))
-    return ExtractorState(tuple(key), hashlib.sha256(blob).hexdigest()[:16], light)
-
-
 @dataclass
 class PartitionFailure:
     label: str
@@ -249,21 +125,12 @@ class DaskRunner:
             return
         if any(f.label != label for f in self.failures):  # an earlier phase failed: do not build on it
             raise self.error(summary, before=label)
-        states = {}
-        for _, tasks in partitions:
-            for t in tasks:
-                if t.feature not in states:
-                    st = extractor_state(t.extractor)
-                    # A task holding the state: a worker that loses it gets it recomputed from the scheduler.
-                    states[t.feature] = self.client.submit(_hold, st, key=f"clmer-state-{t.feature}-{st.digest}",
-                                                           pure=False)
         resources = {"GPU": 1} if self.gpu else None
         futures = {}
         for i, (rows, tasks) in enumerate(partitions):
-            light = [replace(t, extractor=None) for t in tasks if t.keys]
+            light = [t for t in tasks if t.keys]
             fut = self.client.submit(
-                run_partition_task, i, rows, light, {t.feature: states[t.feature] for t in light},
-                self.batch_size, self.decode_workers, self.torch_threads,
+                run_partition_task, i, rows, light, self.batch_size, self.decode_workers, self.torch_threads,
                 key=f"clmer-{self.token}-{label.split()[0]}-{i}", pure=False, retries=self.retries,
                 resources=resources,
             )
@@ -285,8 +152,6 @@ class DaskRunner:
             bar.set_postfix_str(f"{done}/{len(futures)} partitions", refresh=False)
             bar.update(len(rows))
             fut.release()
-        for fut in states.values():
-            fut.release()
 
     @property
     def window(self) -> int:
@@ -297,14 +162,7 @@ class DaskRunner:
 
     def _merge(self, res: PartitionResult, summary: RunSummary) -> None:
         self.results.append(res)
-        for name, s in res.stats.items():
-            tot = summary.features[name]
-            for f in ("done", "failed", "absent", "load_s", "model_s", "write_s"):
-                setattr(tot, f, getattr(tot, f) + getattr(s, f))
-        summary.decoded += res.decoded
-        summary.decode_s += res.decode_s
-        summary.decode_wait_s += res.decode_wait_s
-        summary.decoder_restarts += res.decoder_restarts
+        res.merge_into(summary)
         for w in res.warnings:
             if w not in self._warned:
                 self._warned.add(w)
@@ -398,15 +256,7 @@ def _check_workers(client: Any, gpu: bool, scheduler: str | None) -> dict[str, A
 
 def _workers_device(client: Any) -> str:
     """'cuda' when every worker sees a GPU, else 'cpu' (for --device auto)."""
-    def has_cuda() -> bool:
-        try:
-            import torch
-
-            return bool(torch.cuda.is_available())
-        except ImportError:
-            return False
-
-    seen = client.run(has_cuda)
+    seen = client.run(cuda_available)
     return "cuda" if seen and all(seen.values()) else "cpu"
 
 

@@ -28,3 +28,7 @@ class SpecMismatchError(StoreError):
 
 class ModelNotFoundError(ClmerError):
     """A model folder is missing or incomplete (nothing is ever downloaded)."""
+
+
+class ParameterError(ClmerError):
+    """An extractor parameter is unknown or has a value its feature does not allow."""

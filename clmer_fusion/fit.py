@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clmer_features.device import resolve_device
 from clmer_fusion.data import FusionData
 from clmer_fusion.heads import Head, build_head
 
@@ -55,12 +56,6 @@ class TrainConfig:
             from clmer_features.errors import ClmerError
             raise ClmerError(f"unknown training option(s) {sorted(unknown)}")
         return cls(**d)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass
@@ -149,7 +144,7 @@ def fit(train: FusionData, val: FusionData | None, cfg: TrainConfig) -> Fitted:
         raise ClmerError(f"select must be loss, war, uar, macro_f1 or weighted_f1, not {cfg.select!r}")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     stats = _stats(train, cfg.standardize)
     head = build_head(cfg.head, train.dims, train.n_out, hidden=cfg.hidden, dropout=cfg.dropout,
                       pool=cfg.pool, frame=train.mask is not None, **cfg.head_params).to(device)

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import torch
 
-from clmer_features.errors import ModelNotFoundError
+from clmer_features.errors import ModelNotFoundError, ParameterError
 from clmer_features.extractors import ClipOutput, get_extractor
 from clmer_features.extractors.asr import (
     AsrExtractor,
@@ -83,8 +83,10 @@ def test_spec_holds_what_changes_transcripts(tiny_dir):
     assert AsrExtractor(tiny_dir, device="cuda").spec().params["precision"] == "float16"
     assert AsrExtractor(tiny_dir, beam_size=1).spec().spec_id != a.spec_id
     assert AsrExtractor(tiny_dir, language="EN").spec().params["language_policy"] == "fixed:en"
-    with pytest.raises(TypeError, match="unknown parameter"):
+    with pytest.raises(ParameterError, match="asr: unknown parameter 'beams' .parameters: beam_size, language"):
         AsrExtractor(tiny_dir, beams=3)
+    with pytest.raises(ParameterError, match="asr.precision: expected \"auto\" or \"float32\""):
+        AsrExtractor(tiny_dir, precision="fp8")
     with pytest.raises(ValueError, match="int8 needs a faster-whisper"):
         AsrExtractor(tiny_dir, precision="int8").spec()
 

@@ -16,13 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from clmer_features import testing as T
-from clmer_features.distributed import (
-    DaskRunner,
-    clear_worker_cache,
-    dask_client,
-    extract_distributed,
-    worker_counters,
-)
+from clmer_features.distributed import DaskRunner, dask_client, extract_distributed
+from clmer_features.runtime import clear_model_cache, worker_counters
 from clmer_features.engine import extract
 from clmer_features.store import open_store
 from clmer_features.store.maintenance import verify
@@ -106,7 +101,7 @@ def test_same_store_as_in_process_and_each_worker_loads_each_model_once(client, 
     import torch
 
     ref_cache, ref_summary, threads = reference
-    client.run(clear_worker_cache)
+    client.run(clear_model_cache)
     runner = DaskRunner(client, log=lambda m: None)  # default: the client's torch threads, as in-process
     assert runner.torch_threads == threads == torch.get_num_threads()
     s = extract(manifest, ["siglip", "bert"], tmp_path / "cache", models_dir=tiny_models, device="cpu",

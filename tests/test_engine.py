@@ -8,10 +8,10 @@ import polars as pl
 import pytest
 from click.testing import CliRunner
 
-from clmer_features import engine
+from clmer_features import engine, runtime
 from clmer_features import testing as T
 from clmer_features.engine import extract
-from clmer_features.errors import ModelNotFoundError
+from clmer_features.errors import ModelNotFoundError, ParameterError
 from clmer_features.extractors.base import Extractor
 from clmer_features.store import open_store
 
@@ -35,7 +35,7 @@ def test_full_run_then_rerun_does_no_model_work(tiny_models, manifest, tmp_path,
     sg, bt = s.features["siglip"], s.features["bert"]
     # 6 clips with video decode; wav/wav8k have none; truncated/empty/late are broken
     assert (sg.done, sg.absent, sg.failed) == (6, 2, 3)
-    assert (bt.done, bt.absent) == (4, 7)
+    assert (bt.done, bt.absent) == (4, 7)  # rows without text are filed under their media key, as absent
     assert s.decoded == 11 and sg.load_s > 0 and s.clips_per_s > 0
     assert "clips/s" in s.format()
 
@@ -59,7 +59,7 @@ def test_full_run_then_rerun_does_no_model_work(tiny_models, manifest, tmp_path,
         raise AssertionError("a rerun must not load a model")
 
     monkeypatch.setattr(Extractor, "load", boom)
-    for cls in {type(e) for e in engine.MODEL_CACHE.values()}:
+    for cls in {type(e) for e in runtime.MODEL_CACHE.values()}:
         monkeypatch.setattr(cls, "load", boom)
     s2 = extract(manifest, ["siglip", "bert"], cache, models_dir=tiny_models, device="cpu", progress=False)
     assert s2.features["siglip"].skipped == 11 and s2.features["siglip"].done == 0
@@ -117,8 +117,8 @@ def test_no_socket_is_opened(tiny_models, manifest, tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    engine.clear_model_cache()  # load the models again, under the guard
-    assert engine.MODEL_CACHE == {}
+    runtime.clear_model_cache()  # load the models again, under the guard
+    assert runtime.MODEL_CACHE == {}
     s = extract(manifest, ["siglip", "bert"], tmp_path / "cache", models_dir=tiny_models, device="cpu",
                 progress=False)
     assert s.features["siglip"].done == 6 and s.features["bert"].done == 4
@@ -212,7 +212,7 @@ def test_params_and_device_from_the_cli(tiny_models, media, tmp_path):
     (spec,) = [s.spec for s in store.specs("siglip")]
     assert spec.params["frame_interval"] == 1.0
     assert store.feature("siglip").times("av").tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
-    with pytest.raises(Exception, match="unknown parameter"):
+    with pytest.raises(ParameterError, match="siglip: unknown parameter 'frame_rate'"):
         engine.extract(man, ["siglip"], tmp_path / "c", models_dir=tiny_models, device="cpu",
                        params={"siglip": {"frame_rate": 3}}, progress=False)
     with pytest.raises(Exception, match="not among the features"):

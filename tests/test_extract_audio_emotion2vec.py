@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from clmer_features.errors import ModelNotFoundError
+from clmer_features.errors import ModelNotFoundError, ParameterError
 from clmer_features.extractors import ClipOutput, get_extractor
 from clmer_features.extractors.emotion2vec import Emotion2vecExtractor, NoAudioError, window_bounds
 from clmer_features.models import WeightsNotLoadedError
@@ -264,5 +264,7 @@ def test_loading_leaves_the_process_alone(tiny_dir, capsys):
 
 
 def test_unknown_parameter_refused(tiny_dir):
-    with pytest.raises(TypeError, match="unknown parameter"):
+    with pytest.raises(ParameterError, match="emotion2vec: unknown parameter 'granularity'"):
         Emotion2vecExtractor(tiny_dir, granularity="frame")
+    with pytest.raises(ParameterError, match="emotion2vec.window_seconds: expected a number >= 1"):
+        Emotion2vecExtractor(tiny_dir, window_seconds=0.5)

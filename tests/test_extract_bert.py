@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from clmer_features import testing as T
-from clmer_features.engine import RunContext, extract
+from clmer_features.engine import extract
 from clmer_features.extractors import get_extractor
 from clmer_features.extractors.base import DecodedClip
 from clmer_features.spec import FeatureSpec
 from clmer_features.store import open_store
 
-from _extract_helpers import tiny_models  # noqa: F401  (fixture)
+from _extract_helpers import media, tiny_models  # noqa: F401  (fixtures)
 
 TEXTS = ["hello happy day", "oh no, this is terrible!", "i am so sad today and nothing is okay", "wow"]
 
@@ -47,23 +47,37 @@ def test_bert_rows_equal_direct_forward(tiny_models, which):
         assert outs[0].values.shape[1] == 384
 
 
-def test_bert_text_source_in_spec(tiny_models):
+def test_bert_text_source_and_transcripts_come_from_the_store(tiny_models, media, tmp_path):
+    """bind() decides the text source from the store's manifest snapshot and the asr spec handed
+    over; the transcripts are read from the store (as a Dask worker does), not handed over."""
+    from clmer_features.extractors.base import RunInputs
+    from clmer_features.manifest import read_manifest
+
     cls = get_extractor("bert")
     ext = cls(tiny_models / T.BERT_ID)
-    all_text = [{"clip_id": "a", "text": "hi"}, {"clip_id": "b", "text": "yo"}]
-    ext.prepare(RunContext(rows=all_text, store=None, specs={}))
-    assert ext.spec().params["text_source"] == "manifest"
-    assert ext.key_family(all_text[0]) == "text"
+    store = open_store(tmp_path / "cache", "m", create=True)
+    store.write_clips(read_manifest(T.write_manifest(tmp_path / "all.csv", [
+        {"clip_id": "a", "text": "hi"}, {"clip_id": "b", "text": "yo"}]), dataset="m"))
     asr = FeatureSpec.create("asr", model_id="whisper", params={"x": 1})
-    mixed = [{"clip_id": "a", "text": "hi"}, {"clip_id": "b", "text": None}]
-    ext.prepare(RunContext(rows=mixed, store=None, specs={"asr": asr}))
-    spec = ext.spec()
-    assert spec.params["text_source"] == f"manifest|asr:{asr.spec_id}"
-    assert ext.key_family(mixed[0]) == "text" and ext.key_family(mixed[1]) == "media"
-    ext.set_transcripts({"b@m": "a transcript"})
-    c = DecodedClip("b", {"media": "b@m"}, mixed[1])
+    ext.bind(RunInputs(store.root, (("asr", asr),)))
+    assert ext.spec().params["text_source"] == "manifest" and ext.key_input() == "text"  # else the media key
+
+    m = read_manifest(T.write_manifest(tmp_path / "mixed.csv", [
+        {"clip_id": "a", "text": "hi"}, {"clip_id": "b", "audio": str(media["wav"])},
+        {"clip_id": "z", "audio": str(media["wav8k"])}]), dataset="m")
+    store.write_clips(m)
+    ext.bind(RunInputs(store.root, ()))
+    assert ext.spec().params["text_source"] == "manifest"  # no asr spec: manifest text only
+    rows = {r["clip_id"]: r for r in m.rows()}
+    fw = store.feature_writer(asr, input="media")
+    with fw.part("p") as part:
+        part.add_record(rows["b"]["media_key"], "b", {"text": "a transcript"})
+    fw.finalize()
+    ext.bind(RunInputs(store.root, (("asr", asr),)))
+    assert ext.spec().params["text_source"] == f"manifest|asr:{asr.spec_id}"
+    c = DecodedClip("b", {"media": rows["b"]["media_key"]}, rows["b"])
     assert ext.text_of(c) == "a transcript" and ext.missing_input(c) is None
-    c2 = DecodedClip("z", {"media": "z@m"}, {"text": None})
+    c2 = DecodedClip("z", {"media": rows["z"]["media_key"]}, rows["z"])
     assert ext.missing_input(c2)[0] == "absent"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from clmer_features.errors import ParameterError
 from clmer_features.extractors import get_extractor
 from clmer_features.extractors.base import DecodedClip, FrameRequest
 from clmer_features.extractors.r1omni import MissingModalityError, pad_frames
@@ -34,7 +35,7 @@ def test_specs_record_shapes_and_limits(tiny):
     # the spec is the cache key: stable, and another frame count is another spec
     assert vis.spec().spec_id == get_extractor("r1omni_vision")(tiny.siglip_dir).spec().spec_id
     assert get_extractor("r1omni_vision")(tiny.siglip_dir, num_frames=4).spec().spec_id != vis.spec().spec_id
-    with pytest.raises(TypeError, match="unknown parameter"):
+    with pytest.raises(ParameterError, match=r"r1omni_audio: unknown parameter 'pool' \(parameters: none\)"):
         get_extractor("r1omni_audio")(tiny.whisper_dir, pool=5)
 
 

@@ -11,7 +11,7 @@ from clmer_features.cliutil import debug_option, run_cli
 
 import click
 
-TOPICS = ("manifest_cmds", "store_cmds", "extract_cmds", "recipe_cmds")
+TOPICS = ("manifest_cmds", "store_cmds", "extract_cmds", "features_cmds", "recipe_cmds")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

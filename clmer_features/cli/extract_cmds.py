@@ -1,7 +1,6 @@
 """`clmer-features extract | export-transcripts | demo`: thin wrappers around the engine."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +28,17 @@ def _feature_list(value: str) -> list[str]:
     return names
 
 
-def parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """``FEATURE.NAME=VALUE`` strings -> {feature: {name: value}}; values parsed as JSON when they can be."""
-    out: dict[str, dict[str, Any]] = {}
+def parse_params(items: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """``FEATURE.NAME=VALUE`` strings -> {feature: {name: value}}; each feature's Config checks and
+    types the values (:func:`clmer_features.engine.feature_configs`)."""
+    out: dict[str, dict[str, str]] = {}
     for item in items:
         lhs, sep, raw = item.partition("=")
         feature, dot, name = lhs.partition(".")
         if not sep or not dot or not feature or not name:
             raise click.BadParameter(f"{item!r}: expected FEATURE.NAME=VALUE, e.g. siglip.frame_interval=1.0",
                                      param_hint="--param")
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = raw
-        out.setdefault(feature.strip(), {})[name.strip()] = value
+        out.setdefault(feature.strip(), {})[name.strip()] = raw.strip()
     return out
 
 
@@ -54,7 +50,7 @@ def parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
               help="Store root; the dataset's store is CACHE/<dataset>.")
 @click.option("--models-dir", type=click.Path(file_okay=False),
               help="Folder of models laid out like hub repos, e.g. DIR/google/siglip-base-patch16-224 "
-                   "(default: $CLMER_MODELS_DIR).")
+                   "(default: $CLMER_MODELS_DIR); `clmer-features features` lists each feature's folder.")
 @click.option("--model", "model", multiple=True, metavar="FEATURE=PATH",
               help="Model folder for one feature (repeatable); wins over --models-dir.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -68,7 +64,8 @@ def parse_params(items: tuple[str, ...]) -> dict[str, dict[str, Any]]:
               help="Decoder processes (default: CPUs-1, at most 4; 0 decodes in-process).")
 @click.option("--param", "param", multiple=True, metavar="FEATURE.NAME=VALUE",
               help="An extractor parameter (repeatable), e.g. siglip.frame_interval=1.0; "
-                   "parameters that change the numbers go into the feature spec.")
+                   "parameters that change the numbers go into the feature spec "
+                   "(`clmer-features features` lists them).")
 @click.option("--retry-failed", is_flag=True, help="Try clips again that failed in earlier runs.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Run partitions on a local Dask cluster of N worker processes (one model copy each).")
@@ -98,22 +95,23 @@ def extract_cmd(manifest: str, features: str, cache_dir: str, models_dir: str | 
       clmer-features extract clips.csv -f siglip,bert --workers 2
       clmer-features extract clips.csv -f siglip --device cuda --scheduler tcp://head:8786
     """
-    from clmer_features.engine import extract
+    from clmer_features.engine import extract, feature_configs
     from clmer_features.manifest import read_manifest
     from clmer_features.models import parse_overrides
 
+    names = _feature_list(features)
+    configs = feature_configs(names, parse_params(param))  # checked before any cluster starts
     kwargs: dict[str, Any] = {}
     if workers is not None or scheduler is not None:  # Dask: same plan, parts and numbers
         from clmer_features.distributed import extract_distributed as extract  # type: ignore[assignment]
 
         kwargs = {"workers": workers, "scheduler": scheduler, "log": lambda m: click.echo(m, err=True)}
-    names = _feature_list(features)
     m = read_manifest(manifest, dataset=dataset, strict=strict)
     summary = extract(
         m, names, cache_dir, models_dir=models_dir,
         model_overrides=parse_overrides(model), device=device, batch_size=batch_size,
         retry_failed=retry_failed, dataset=dataset, partition_size=partition_size,
-        decode_workers=decode_workers, params=parse_params(param), progress=not no_progress, **kwargs,
+        decode_workers=decode_workers, params=configs, progress=not no_progress, **kwargs,
     )
     click.echo(summary.format())
     failed = sum(s.failed for s in summary.features.values())

@@ -42,7 +42,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from clmer_features.errors import ModelNotFoundError
-from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, register
+from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, ExtractorConfig, param, register
 from clmer_features.extractors.emotion2vec import clip_audio
 from clmer_features.models import ensure_offline, folder_state, prove_loaded, weights_digest
 from clmer_features.spec import FeatureSpec
@@ -206,45 +206,42 @@ def clip_segments(words: Sequence[tuple[float, float, str, int]], offset: float)
     return segs
 
 
+@dataclass(frozen=True)
+class AsrConfig(ExtractorConfig):
+    beam_size: int = param(5, "beams of the decoder search", minimum=1)
+    language: str | None = param(None, "one language for every clip (e.g. en); default: the manifest's, "
+                                 "else detected")
+    precision: str = param("auto", "compute precision (auto: float16 on a GPU, float32 on CPU; int8 needs a "
+                           "faster-whisper folder)", choices=PRECISIONS)
+    max_new_tokens: int | None = param(None, "most tokens generated per 30 s window (default: the model's)",
+                                       minimum=1)
+    pack: bool = param(False, "lay several short clips end to end, 1 s of silence apart, in one 30 s window "
+                       "(in the spec only when on)")
+    batch_size: int = param(8, "windows per encoder and decoder call", spec=False, minimum=1)
+
+
 @register
 class AsrExtractor(Extractor):
     """Whisper transcripts via transformers or faster-whisper (from what the folder holds)."""
 
     name = "asr"
+    family = "asr"
     input = "audio"
+    Config = AsrConfig
     default_model = "openai/whisper-large-v3-turbo"
     format_version = 1
+    output = "a table: text, language, language_source, segments (JSON), backend per clip"
 
-    def __init__(
-        self,
-        model_dir: Path,
-        device: str = "cpu",
-        *,
-        beam_size: int = 5,
-        language: str | None = None,
-        precision: str = "auto",
-        max_new_tokens: int | None = None,
-        batch_size: int = 8,
-        pack: bool = False,
-        **params: Any,
-    ) -> None:
-        if params:
-            raise TypeError(f"asr: unknown parameter(s) {sorted(params)}; known: beam_size, language, precision, "
-                            "max_new_tokens, pack")
-        if precision not in PRECISIONS:
-            raise ValueError(f"asr: precision must be one of {PRECISIONS}, not {precision!r}")
-        if int(beam_size) < 1:
-            raise ValueError(f"asr: beam_size must be >= 1, not {beam_size}")
-        super().__init__(
-            model_dir, device, beam_size=int(beam_size), language=language, precision=precision,
-            max_new_tokens=max_new_tokens, pack=bool(pack),
-        )
-        self.pack = bool(pack)
-        self.max_new_tokens = None if max_new_tokens is None else int(max_new_tokens)
-        self.beam_size = int(beam_size)
-        self.fixed_language = normalize_language(language)
-        self.precision = precision
-        self.batch_size = max(1, int(batch_size))
+    def __init__(self, model_dir: Path | None, config: AsrConfig | None = None, device: str = "cpu",
+                 **params: Any) -> None:
+        super().__init__(model_dir, config, device, **params)
+        c = self.config
+        self.pack = c.pack
+        self.max_new_tokens = c.max_new_tokens
+        self.beam_size = c.beam_size
+        self.fixed_language = normalize_language(c.language)
+        self.precision = c.precision
+        self.batch_size = c.batch_size
         self._backend: str | None = None
         self._model: Any = None
         self._processor: Any = None

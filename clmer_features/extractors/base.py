@@ -1,21 +1,27 @@
 """The extractor contract: what an encoder receives, what it returns, how it is found.
 
-An extractor is one module holding one class: it declares which input it needs
-(``video`` frames, ``audio`` samples or ``text``), which frames it wants
-(:class:`FrameRequest`), builds its :class:`FeatureSpec` without loading the
-model, loads the model once, and turns a batch of :class:`DecodedClip` into one
-:class:`ClipOutput` (or an exception) per clip. The engine does everything
-else: planning, decoding once for all features, batching, writing parts.
+An extractor is one module holding one class and its frozen ``Config`` (fields
+declared with :func:`param`, see ``config.py``): it declares which input it
+needs (``video`` frames, ``audio`` samples or ``text``), which frames it wants
+(:class:`FrameRequest`), which features must run before it (``requires``) and
+which cache key its clips use (:meth:`Extractor.key_input`); it builds its
+:class:`FeatureSpec` without loading the model, loads the model once, and turns
+a batch of :class:`DecodedClip` into one :class:`ClipOutput` (or an exception)
+per clip. The engine does everything else: planning, decoding once for all
+features, batching, writing parts. :func:`register_preset` makes a named
+feature out of an extractor with other defaults (a preset).
 """
 from __future__ import annotations
 
 import abc
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Mapping, TypeVar
 
 import numpy as np
 
+from clmer_features.extractors.config import ExtractorConfig, ParamInfo, param
 from clmer_features.spec import FeatureSpec
 
 InputKind = Literal["video", "audio", "text"]
@@ -100,41 +106,91 @@ class ClipOutput:
     record: dict[str, Any] | None = None
 
 
-class Extractor(abc.ABC):
-    """Base class of every extractor. Subclasses set the class variables below.
+@dataclass(frozen=True)
+class RunInputs:
+    """What the planner hands an extractor in :meth:`Extractor.bind`: the dataset's store (its
+    folder) and the specs of the features it ``requires`` (from this run, else the store's
+    finalized one; absent when neither has it). Small and picklable: a Dask worker gets the same
+    value and reads earlier outputs (e.g. transcripts) from the store itself."""
 
-    ``__init__`` must be cheap (no model loading): the engine builds extractors
-    to compute their specs and skips ``load`` entirely when nothing is missing.
-    ``params`` are the settings that change the numbers; they go into the spec.
+    store_root: Path
+    specs: tuple[tuple[str, FeatureSpec], ...] = ()
+
+    def spec_of(self, feature: str) -> FeatureSpec | None:
+        return dict(self.specs).get(feature)
+
+    def store(self) -> Any:
+        from clmer_features.store import Store
+
+        return Store(Path(self.store_root))
+
+
+def checkpoint_provenance(model_dir: Path | None) -> dict[str, Any]:
+    """What a model folder says about itself: the folder, and from its ``config.json`` the
+    checkpoint's own ``_name_or_path``, ``architectures`` and ``model_type`` (when present)."""
+    if model_dir is None:
+        return {}
+    out: dict[str, Any] = {"model_dir": str(Path(model_dir).resolve())}
+    cfg = Path(model_dir) / "config.json"
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return out
+    if isinstance(data, dict):
+        for key, as_ in (("_name_or_path", "name_or_path"), ("architectures", "architectures"),
+                         ("model_type", "model_type")):
+            if data.get(key):
+                out[as_] = data[key]
+    return out
+
+
+class Extractor(abc.ABC):
+    """Base of every extractor. Subclasses set the class variables and a ``Config``.
+
+    ``__init__`` is cheap (no model loading): the engine builds extractors to
+    compute their specs and skips ``load`` entirely when nothing is missing.
+    ``config`` holds every setting; its ``spec=True`` fields change the numbers.
     """
 
-    name: ClassVar[str]
+    name: ClassVar[str]                # feature name = store folder (a preset sets its own)
+    family: ClassVar[str] = ""         # "vision-frames", "speech", "text", "asr", ... (the `features` listing)
     input: ClassVar[InputKind]
-    default_model: ClassVar[str] = ""
+    Config: ClassVar[type[ExtractorConfig]] = ExtractorConfig
+    default_model: ClassVar[str] = ""  # hub id looked up under --models-dir ("" = needs no weights)
     format_version: ClassVar[int] = 1
+    requires: ClassVar[tuple[str, ...]] = ()  # features that run (and finalize) before this one
+    output: ClassVar[str] = ""         # e.g. "[T, 768] every 2 s" for the `features` listing
+    preset_of: ClassVar[str | None] = None  # the family extractor a preset is made of
 
-    def __init__(self, model_dir: Path, device: str = "cpu", **params: Any) -> None:
-        self.model_dir = Path(model_dir)
+    def __init__(self, model_dir: Path | None, config: ExtractorConfig | None = None, device: str = "cpu",
+                 **params: Any) -> None:
+        """``config``, or the parameters to build it from (``Cls(dir, frame_interval=1.0)``)."""
+        if config is None:
+            config = self.Config.from_params(self.name, params)
+        elif params:
+            raise TypeError(f"{self.name}: give a config or parameters, not both")
+        elif not isinstance(config, self.Config):
+            raise TypeError(f"{self.name}: config must be a {self.Config.__name__}, not {type(config).__name__}")
+        else:
+            config = config.validated(self.name)
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.config = config
         self.device = device
-        self.params = params
 
     # --- declared behaviour -------------------------------------------------
+    def key_input(self) -> str:
+        """Which cache key this feature's clips use: ``"media"``, ``"text"`` or ``"text_or_media"``
+        (the text's where the manifest has text, the media's otherwise). The one place it is
+        decided; may depend on what :meth:`bind` was given."""
+        return "text" if self.input == "text" else "media"
+
+    def bind(self, inputs: RunInputs) -> None:
+        """Take what the planner hands over (the store, earlier features' specs) before ``spec()``.
+        Called on the planning side and again on each worker with the same ``inputs``."""
+
     def frame_request(self) -> FrameRequest | None:
         """Frames this extractor needs (video extractors), else None."""
         return None
-
-    def key_family(self, row: dict[str, Any]) -> str:
-        """Which cache key of a manifest row this extractor's output belongs to.
-
-        Media extractors use the media key; a text extractor whose text comes
-        from the manifest uses the text key (override when it may come from
-        media, e.g. a transcript).
-        """
-        return "text" if self.input == "text" else "media"
-
-    def writer_input(self) -> str:
-        """The store writer's ``input`` (which manifest key column finds this feature's clips)."""
-        return "text" if self.input == "text" else "media"
 
     def missing_input(self, clip: "DecodedClip") -> tuple[str, str] | None:
         """``(kind, why)`` when ``clip`` lacks this extractor's input, else None.
@@ -156,13 +212,14 @@ class Extractor(abc.ABC):
             return None
         return clip.problems.get("text", ("absent", "no text"))
 
-    def prepare(self, context: Any) -> None:
-        """Hook called once per run before ``spec()``/planning (e.g. to find
-        transcripts in the store). ``context`` is the engine's RunContext."""
-
     @abc.abstractmethod
     def spec(self) -> FeatureSpec:
-        """The feature spec (weights digest included); must not load the model."""
+        """The feature spec (config's spec params + constants + weights digest); never loads the model."""
+
+    def provenance(self) -> dict[str, Any]:
+        """What the model really is (not in the spec): the folder used and the checkpoint's own
+        name and architecture."""
+        return checkpoint_provenance(self.model_dir)
 
     @abc.abstractmethod
     def load(self) -> None:
@@ -190,15 +247,32 @@ E = TypeVar("E", bound=type[Extractor])
 def register(cls: E) -> E:
     """Class decorator: make an extractor available under ``cls.name``."""
     name = getattr(cls, "name", None)
-    if not name or not isinstance(name, str):
-        raise TypeError(f"{cls.__name__} has no string `name`")
+    if not name or not isinstance(name, str) or "/" in name or name.startswith("."):
+        raise TypeError(f"{cls.__name__} has no valid string `name`")
     if getattr(cls, "input", None) not in ("video", "audio", "text"):
         raise TypeError(f"{cls.__name__}.input must be 'video', 'audio' or 'text'")
+    if not (isinstance(cls.Config, type) and issubclass(cls.Config, ExtractorConfig)):
+        raise TypeError(f"{cls.__name__}.Config must be an ExtractorConfig subclass")
+    cls.Config.describe()  # raises for a field type a config cannot hold
     existing = _REGISTRY.get(name)
-    if existing is not None and existing.__qualname__ != cls.__qualname__:
+    if existing is not None and (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
         raise ValueError(f"extractor name {name!r} already registered by {existing.__module__}")
     _REGISTRY[name] = cls
     return cls
+
+
+def register_preset(name: str, family: type[Extractor], *, default_model: str, params: Mapping[str, Any],
+                    help: str, output: str = "") -> type[Extractor]:
+    """Register feature ``name``: extractor ``family`` with another default model folder and
+    other parameter defaults (validated now). Returns the preset's class."""
+    config = family.Config.with_defaults(name, params)
+    title = "".join(p.capitalize() for p in name.split("_")) + "Preset"
+    cls = type(title, (family,), {
+        "name": name, "default_model": default_model, "Config": config, "preset_of": family.name,
+        "output": output or family.output, "__doc__": help, "__module__": family.__module__,
+        "__qualname__": title,
+    })
+    return register(cls)
 
 
 def get_extractor(name: str) -> type[Extractor]:
@@ -213,7 +287,7 @@ def get_extractor(name: str) -> type[Extractor]:
 
 
 def available() -> list[str]:
-    """Names of all registered extractors, sorted."""
+    """Names of all registered extractors and presets, sorted."""
     from clmer_features.extractors import load_builtin
 
     load_builtin()

@@ -8,12 +8,16 @@ with neither is recorded as absent text.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, register
+from clmer_features.errors import StoreError
+from clmer_features.extractors.base import (
+    ClipOutput, DecodedClip, Extractor, ExtractorConfig, RunInputs, param, register,
+)
 from clmer_features.models import ensure_offline, folder_state, prove_loaded, quiet_transformers, require_files, weights_digest
 from clmer_features.spec import FeatureSpec
 
@@ -27,51 +31,69 @@ def _has_text(row: dict[str, Any]) -> bool:
     return isinstance(t, str) and bool(t.strip())
 
 
+@dataclass(frozen=True)
+class BertConfig(ExtractorConfig):
+    max_length: int = param(512, "tokens per text (longer texts are cut)", minimum=1)
+    pooled: str = param("cls", "utterance vector: the CLS token's row, or BERT's pooler output",
+                        choices=("cls", "pooler"))
+    text_batch: int = param(32, "texts per forward pass", spec=False, minimum=1)
+
+
 @register
 class BertExtractor(Extractor):
     name = "bert"
+    family = "text"
     input = "text"
+    Config = BertConfig
     default_model = "bert-base-uncased"
     format_version = 1
+    requires = ("asr",)  # transcripts, for rows without manifest text
+    output = "[tokens, hidden] last hidden state + pooled [hidden]"
 
-    def __init__(self, model_dir: Path, device: str = "cpu", *, max_length: int = 512,
-                 pooled: str = "cls", text_batch: int = 32, **params: Any) -> None:
-        if params:
-            raise TypeError(f"bert: unknown parameter(s) {sorted(params)}; known: max_length, pooled, text_batch")
-        super().__init__(model_dir, device)
-        if pooled not in ("cls", "pooler"):
-            raise ValueError(f"bert: pooled must be 'cls' or 'pooler', not {pooled!r}")
-        self.max_length = int(max_length)
-        self.pooled_kind = pooled
-        self.text_batch = int(text_batch)
+    def __init__(self, model_dir: Path | None, config: BertConfig | None = None, device: str = "cpu",
+                 **params: Any) -> None:
+        super().__init__(model_dir, config, device, **params)
+        self.max_length = self.config.max_length
+        self.pooled_kind = self.config.pooled
+        self.text_batch = self.config.text_batch
         self.text_source = "manifest"
-        self.transcripts: dict[str, str] = {}
+        self._inputs: RunInputs | None = None
+        self._transcripts: dict[str, str] | None = None
         self.model: Any = None
         self.tokenizer: Any = None
 
     # --- where the text comes from --------------------------------------------
-    def prepare(self, context: Any) -> None:
-        """Decide the text source from the manifest and the run's/store's ASR spec."""
-        rows = context.rows
-        if all(_has_text(r) for r in rows):
+    def bind(self, inputs: RunInputs) -> None:
+        """The text source: the manifest when every row of the store's manifest snapshot has
+        text, else also the transcripts of the ``asr`` spec handed over (read from the store
+        when first needed, so after asr has run)."""
+        self._inputs, self._transcripts = inputs, None
+        clips = inputs.store().clips()
+        rows = clips.select("text").to_dicts() if clips is not None and "text" in clips.columns else []
+        asr_spec = inputs.spec_of("asr")
+        if all(_has_text(r) for r in rows) or asr_spec is None:
             self.text_source = "manifest"
-            return
-        asr_spec = context.spec_of("asr")
-        self.text_source = f"manifest|asr:{asr_spec.spec_id}" if asr_spec is not None else "manifest"
+        else:
+            self.text_source = f"manifest|asr:{asr_spec.spec_id}"
 
     @property
     def uses_asr(self) -> bool:
         return "asr:" in self.text_source
 
-    def writer_input(self) -> str:
-        return "text_or_media" if self.uses_asr else "text"
-
-    def key_family(self, row: dict[str, Any]) -> str:
-        return "text" if (_has_text(row) or not self.uses_asr) else "media"
-
-    def set_transcripts(self, transcripts: dict[str, str]) -> None:
-        """media clip key -> transcript text (from the ASR feature named in text_source)."""
-        self.transcripts = transcripts
+    @property
+    def transcripts(self) -> dict[str, str]:
+        """media clip key -> transcript (of the asr spec in ``text_source``), read once per bind."""
+        if self._transcripts is None:
+            self._transcripts = {}
+            spec = self._inputs.spec_of("asr") if (self._inputs is not None and self.uses_asr) else None
+            if spec is not None:
+                try:
+                    rec = self._inputs.store().feature("asr", spec=spec).records()
+                except StoreError:
+                    rec = None
+                if rec is not None and "text" in rec.columns:
+                    self._transcripts = {k: (t or "") for k, t in rec.select("clip_key", "text").iter_rows()}
+        return self._transcripts
 
     def text_of(self, clip: DecodedClip) -> str | None:
         if _has_text(clip.row):
@@ -97,8 +119,7 @@ class BertExtractor(Extractor):
             model_id=self.default_model,  # the weights digest says which weights; paths stay out
             weights_digest=weights_digest(self.model_dir),
             format_version=self.format_version,
-            params={"max_length": self.max_length, "pooled": self.pooled_kind,
-                    "output": "last_hidden_state", "text_source": self.text_source},
+            params={**self.config.spec_params(), "output": "last_hidden_state", "text_source": self.text_source},
         )
 
     def load(self) -> None:

@@ -26,13 +26,14 @@ import io
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from clmer_features.errors import ModelNotFoundError
-from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, register
+from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, ExtractorConfig, param, register
 from clmer_features.models import ensure_offline, load_state_safely, prove_loaded, weights_digest
 from clmer_features.spec import FeatureSpec
 
@@ -123,23 +124,28 @@ def contained_funasr() -> Iterator[None]:
         root.setLevel(level)
 
 
+@dataclass(frozen=True)
+class Emotion2vecConfig(ExtractorConfig):
+    window_seconds: float = param(30.0, "longest audio window per forward pass (longer audio is cut into "
+                                  "equal hop-aligned windows)", minimum=1.0)
+
+
 @register
 class Emotion2vecExtractor(Extractor):
     """emotion2vec (base / plus) frame rows at 50 Hz and the utterance vector."""
 
     name = "emotion2vec"
+    family = "speech"
     input = "audio"
+    Config = Emotion2vecConfig
     default_model = "emotion2vec/emotion2vec_base"
     format_version = 1
+    output = "[frames, 768] at 50 Hz with times + pooled [768] (mean of the rows)"
 
-    def __init__(self, model_dir: Path, device: str = "cpu", *, window_seconds: float = 30.0, **params: Any) -> None:
-        if params:
-            raise TypeError(f"emotion2vec: unknown parameter(s) {sorted(params)}; known: window_seconds")
-        window_seconds = float(window_seconds)
-        if not window_seconds >= 1.0:
-            raise ValueError(f"emotion2vec: window_seconds must be >= 1, not {window_seconds}")
-        super().__init__(model_dir, device, window_seconds=window_seconds)
-        self.window_seconds = window_seconds
+    def __init__(self, model_dir: Path | None, config: Emotion2vecConfig | None = None, device: str = "cpu",
+                 **params: Any) -> None:
+        super().__init__(model_dir, config, device, **params)
+        self.window_seconds = self.config.window_seconds
         self._auto: Any = None
         self._model: Any = None
         self._normalize = True
@@ -153,7 +159,7 @@ class Emotion2vecExtractor(Extractor):
             weights_digest=weights_digest(self.model_dir),
             format_version=self.format_version,
             params={
-                "window_seconds": self.window_seconds,
+                **self.config.spec_params(),
                 "window_split": "equal, hop-aligned",
                 "layer": "last",
                 "frame_hz": SAMPLE_RATE // FRAME_HOP,

@@ -18,13 +18,16 @@ the end of the audio describe padding, exactly what R1-Omni feeds its LLM.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clmer_features.errors import ModelNotFoundError
-from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, FrameRequest, register
+from clmer_features.extractors.base import (
+    ClipOutput, DecodedClip, Extractor, ExtractorConfig, FrameRequest, param, register,
+)
 from clmer_features.models import ensure_offline, folder_state, prove_loaded, quiet_transformers, require_files, weights_digest
 from clmer_features.spec import FeatureSpec
 
@@ -103,22 +106,29 @@ def pad_frames(frames: np.ndarray, times: np.ndarray, count: int) -> tuple[np.nd
     return np.concatenate([frames, black]), np.concatenate([times, np.full(extra, times[-1], times.dtype)])
 
 
+@dataclass(frozen=True)
+class R1OmniVisionConfig(ExtractorConfig):
+    num_frames: int = param(8, "frames: the middle frame of each of this many equal segments", minimum=1)
+    layer: int = param(-2, "SigLIP hidden layer whose patch tokens are kept (-2: R1-Omni's)")
+
+
 @register
 class R1OmniVisionExtractor(Extractor):
     """SigLIP layer -2 patch tokens of 8 segment-middle frames (R1-Omni's video tower)."""
 
     name = "r1omni_vision"
+    family = "r1omni"
     input = "video"
+    Config = R1OmniVisionConfig
     default_model = "google/siglip-base-patch16-224"
     format_version = 1
+    output = "[num_frames*patches, hidden] float16 patch tokens (params.shape: per-clip shape), frame times"
 
-    def __init__(self, model_dir: Path, device: str = "cpu", *, num_frames: int = 8, layer: int = -2,
+    def __init__(self, model_dir: Path | None, config: R1OmniVisionConfig | None = None, device: str = "cpu",
                  **params: Any) -> None:
-        if params:
-            raise TypeError(f"r1omni_vision: unknown parameter(s) {sorted(params)}; known: num_frames, layer")
-        super().__init__(model_dir, device, num_frames=int(num_frames), layer=int(layer))
-        self.num_frames = int(num_frames)
-        self.layer = int(layer)
+        super().__init__(model_dir, config, device, **params)
+        self.num_frames = self.config.num_frames
+        self.layer = self.config.layer
         self._model: Any = None
         self._processor: Any = None
 
@@ -138,7 +148,7 @@ class R1OmniVisionExtractor(Extractor):
             weights_digest=weights_digest(self.model_dir),
             format_version=self.format_version,
             params={
-                "frames": "segments", "num_frames": frames, "layer": self.layer, "resize": "squash",
+                **self.config.spec_params(), "frames": "segments", "resize": "squash",
                 "shape": [frames, tokens, dim], "dtype": "float16",
             },
         )
@@ -185,14 +195,15 @@ class R1OmniAudioExtractor(Extractor):
     """Whisper encoder output pooled by 3 over 30 s of audio (R1-Omni's audio tower)."""
 
     name = "r1omni_audio"
+    family = "r1omni"
     input = "audio"
     default_model = "openai/whisper-large-v3"
     format_version = 1
+    output = "[500, d_model] float16 Whisper encoder rows pooled by 3 (30 s, padded), row start times"
 
-    def __init__(self, model_dir: Path, device: str = "cpu", **params: Any) -> None:
-        if params:
-            raise TypeError(f"r1omni_audio: unknown parameter(s) {sorted(params)}; it has none")
-        super().__init__(model_dir, device)
+    def __init__(self, model_dir: Path | None, config: ExtractorConfig | None = None, device: str = "cpu",
+                 **params: Any) -> None:
+        super().__init__(model_dir, config, device, **params)
         self._encoder: Any = None
         self._fe: Any = None
 

@@ -10,12 +10,15 @@ Frames of all clips in a batch go through the model together (fp16 on GPU).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, FrameRequest, register
+from clmer_features.extractors.base import (
+    ClipOutput, DecodedClip, Extractor, ExtractorConfig, FrameRequest, param, register,
+)
 from clmer_features.models import ensure_offline, folder_state, prove_loaded, quiet_transformers, require_files, weights_digest
 from clmer_features.spec import FeatureSpec
 
@@ -33,20 +36,28 @@ def load_image_processor(model_dir: Path) -> Any:
     return cls.from_pretrained(str(model_dir), local_files_only=True)
 
 
+@dataclass(frozen=True)
+class SiglipConfig(ExtractorConfig):
+    frame_interval: float = param(2.0, "seconds between sampled frames (t = 0, interval, 2*interval ...)",
+                                  minimum=0.01)
+    frame_batch: int = param(64, "frames per forward pass", spec=False, minimum=1)
+
+
 @register
 class SiglipExtractor(Extractor):
     name = "siglip"
+    family = "vision-frames"
     input = "video"
+    Config = SiglipConfig
     default_model = "google/siglip-base-patch16-224"
     format_version = 1
+    output = "[frames, hidden] pooled vision embeddings, one row per sampled frame, with times"
 
-    def __init__(self, model_dir: Path, device: str = "cpu", *, frame_interval: float = 2.0,
-                 frame_batch: int = 64, **params: Any) -> None:
-        if params:
-            raise TypeError(f"siglip: unknown parameter(s) {sorted(params)}; known: frame_interval, frame_batch")
-        super().__init__(model_dir, device)
-        self.frame_interval = float(frame_interval)
-        self.frame_batch = int(frame_batch)
+    def __init__(self, model_dir: Path | None, config: SiglipConfig | None = None, device: str = "cpu",
+                 **params: Any) -> None:
+        super().__init__(model_dir, config, device, **params)
+        self.frame_interval = self.config.frame_interval
+        self.frame_batch = self.config.frame_batch
         self.model: Any = None
         self.processor: Any = None
 
@@ -68,7 +79,7 @@ class SiglipExtractor(Extractor):
             weights_digest=weights_digest(self.model_dir),
             format_version=self.format_version,
             params={
-                "frame_interval": self.frame_interval,
+                **self.config.spec_params(),
                 "output": "pooler_output",
                 "preprocess": {"processor": "SiglipImageProcessorPil", **self._preprocess_config()},
             },

@@ -72,16 +72,14 @@ class Store(StoreLike):
         return pl.read_parquet(path) if path.exists() else None
 
     def current_keys(self, input: str) -> pl.DataFrame | None:
-        """clip_id -> clip_key for an input ('media', 'text' or 'text_or_media') from the manifest snapshot."""
+        """clip_id -> clip_key for a feature whose clips use ``input`` keys ('media', 'text' or
+        'text_or_media'), from the manifest snapshot (layout.KEY_COLUMNS: the one rule)."""
         if self._keys is False:
             self._keys = self.clips()
         clips = self._keys
         if clips is None:
             return None
-        if input == "text_or_media":  # text features whose text comes from the manifest where present
-            key = pl.coalesce("text_key", "media_key")
-        else:
-            key = pl.col("text_key" if input == "text" else "media_key")
+        key = pl.coalesce(*L.key_columns(input))
         return clips.select("clip_id", key.alias("clip_key")).drop_nulls("clip_key")
 
     # ------------------------------------------------------------------ features

@@ -42,6 +42,32 @@ FAILURES_FILE = "failures.parquet"
 COMPLETE_FILE = "COMPLETE.json"
 LOCK_FILE = ".lock"  # flock()ed while a finalize rewrites index files and the ledger
 
+# Which cache key a clip is filed under for a feature (a feature's ``key_input``): the manifest key
+# columns to look in, first non-null wins. Its own key family first, else the other one: a
+# text-only clip of a video feature is filed (as absent) under its text key; a clip without
+# manifest text is filed under its media key for a text feature (as absent, or with the text of
+# its transcript when the feature reads asr). "text_or_media" is the name stores written before
+# this rule gave the text rule. The one rule: the planner files rows by it, Store.current_keys
+# (readers, status, verify) finds them by it.
+KEY_COLUMNS = {"media": ("media_key", "text_key"), "text": ("text_key", "media_key"),
+               "text_or_media": ("text_key", "media_key")}
+KEY_INPUTS = tuple(KEY_COLUMNS)
+
+
+def key_columns(input: str) -> tuple[str, ...]:
+    try:
+        return KEY_COLUMNS[input]
+    except KeyError:
+        raise ValueError(f"key input must be one of {KEY_INPUTS}, not {input!r}") from None
+
+
+def row_key(row: dict[str, Any], input: str) -> str | None:
+    """The cache key of one manifest row for a feature whose clips use ``input`` keys."""
+    for col in key_columns(input):
+        if row.get(col):
+            return row[col]
+    return None
+
 LEDGER_SCHEMA = {
     "clip_id": pl.Utf8,
     "clip_key": pl.Utf8,

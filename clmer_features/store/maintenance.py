@@ -44,7 +44,7 @@ def status(store: Store, clips: pl.DataFrame | None = None) -> list[FeatureStatu
         done_keys = set(pl.read_parquet(idx_path, columns=["clip_key"])["clip_key"].to_list()) if idx_path.exists() else set()
         fails = pl.read_parquet(fails_path) if fails_path.exists() else L.empty_ledger()
         input_ = zarr.open_group(s.path, mode="r").attrs.get("input", "media")
-        keys = wanted_keys(store.clips() if clips is None else clips, input_)
+        keys = (store if clips is None else Store(store.root, clips)).current_keys(input_)
         if keys is None:
             wanted = done_keys | set(fails["clip_key"].to_list())
         else:
@@ -104,17 +104,6 @@ class VerifyReport:
     @property
     def exit_code(self) -> int:
         return EXIT_CODES[self.state]
-
-
-def wanted_keys(clips: pl.DataFrame | None, input: str) -> pl.DataFrame | None:
-    """clip_id -> the key a run files the clip under for a feature of ``input``: its own key
-    family, else the other one (as the engine plans: a text-only clip of a video feature is
-    recorded, as absent, under its text key)."""
-    if clips is None:
-        return None
-    media, text = pl.col("media_key"), pl.col("text_key")
-    key = {"media": pl.coalesce(media, text), "text": pl.coalesce(text, media)}.get(input, pl.coalesce(text, media))
-    return clips.select("clip_id", key.alias("clip_key")).drop_nulls("clip_key")
 
 
 def _check_part_files(part: Path, where: str, rep: VerifyReport) -> dict | None:
@@ -195,7 +184,6 @@ def verify(store: Store, progress: bool = False) -> VerifyReport:
     from clmer_features.store.writer import stale_reason
 
     rep = VerifyReport()
-    clips = store.clips()
     for s in store.specs():
         where = f"{s.feature}/{s.spec_id}"
         before = len(rep.corrupt)
@@ -211,7 +199,7 @@ def verify(store: Store, progress: bool = False) -> VerifyReport:
             why = stale_reason(s.path)
             if why is not None and "gone from disk" not in why:  # a lost part is reported as corrupt above
                 rep.unfinished.append(f"{where}: {why} (rerun extract to refinalize)")
-            keys = wanted_keys(clips, zarr.open_group(s.path, mode="r").attrs.get("input", "media"))
+            keys = store.current_keys(zarr.open_group(s.path, mode="r").attrs.get("input", "media"))
             if index is not None and keys is not None and why is None:
                 fails = s.path / L.FAILURES_FILE
                 seen = pl.concat([index.select("clip_key"), pl.read_parquet(fails, columns=["clip_key"])

@@ -31,9 +31,6 @@ from clmer_features.errors import StoreError
 from clmer_features.spec import FeatureSpec
 from clmer_features.store import layout as L
 
-# Which cache key a feature's clips use: the media fingerprint, the text's, or the text's
-# where the manifest has text and the media's otherwise (text from the transcript).
-INPUTS = ("media", "text", "text_or_media")
 CHUNK_ROWS = 512  # inner chunk of a part's value array; the whole part is one shard
 _PART_INDEX_SCHEMA = {"clip_key": pl.Utf8, "clip_id": pl.Utf8, "row_start": pl.Int64, "row_end": pl.Int64, "item": pl.Int64}
 
@@ -256,8 +253,7 @@ class FeatureWriter:
     """Writes parts of one feature spec and finalizes its index."""
 
     def __init__(self, store_root: Path, spec: FeatureSpec, input: str = "media", provenance: dict[str, Any] | None = None):
-        if input not in INPUTS:
-            raise ValueError(f"input must be one of {INPUTS}, not {input!r}")
+        L.key_columns(input)  # raises for an unknown key input
         self.spec = spec
         self.root = store_root
         self.dir = L.feature_dir(store_root, spec.feature, spec.spec_id)
@@ -273,7 +269,7 @@ class FeatureWriter:
             stored = FeatureSpec.from_dict(attrs["spec"])
             if stored.spec_id != self.spec.spec_id:
                 raise StoreError(f"{self.dir}: holds spec {stored.describe()}, not {self.spec.describe()}")
-            if extra:
+            if any(attrs.get("provenance", {}).get(k) != v for k, v in extra.items()):
                 g = zarr.open_group(self.dir, mode="r+")
                 g.attrs["provenance"] = {**attrs.get("provenance", {}), **extra}
         else:

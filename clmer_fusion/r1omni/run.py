@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import polars as pl
 
+from clmer_features.device import resolve_device
 from clmer_features.errors import ClmerError, StoreError
 from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION, DEFAULT_MAX_NEW_TOKENS, NO_AUDIO_POLICIES, SILENCE_SECONDS
 from clmer_fusion.r1omni.score import normalize_label, ov_scores, score
@@ -82,12 +83,6 @@ def _atomic_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _stack(feat: Any, ids: Sequence[str], shape: Sequence[int]) -> np.ndarray:
@@ -146,7 +141,7 @@ def run_r1omni(
     if all(f is None for f in feats.values()):
         raise StoreError(f"{store.root}: neither {VISION} nor {AUDIO} is cached; run "
                          f"`clmer-features extract {manifest} --features {VISION},{AUDIO}` first")
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     loaded = load_r1omni(model_dir, bert_dir=bert_dir, allow_mismatch=allow_mismatch, device=dev)
     if echo:
         echo(f"r1omni: loaded {model_dir} ({loaded.report.describe()}) on {dev}")
