@@ -207,50 +207,164 @@ def crashing_decode(job: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- conformance
-def check_extractor(cls: Any, model_dir: str | Path, clips: list[Any], **params: Any) -> list[Any]:
+def make_tiny_whisper_encoder(root: str | Path, *, hub_id: str = "openai/whisper-large-v3", d_model: int = 16,
+                              seed: int = 0) -> Path:
+    """A random WhisperForConditionalGeneration with whisper-large-v3's input shape (128 mel bins,
+    1500 encoder positions = 30 s) and tiny layers, with its feature extractor, at ``root/<hub_id>``."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    out = Path(root) / hub_id
+    out.mkdir(parents=True, exist_ok=True)
+    _torch_seed(seed)
+    cfg = WhisperConfig(vocab_size=64, num_mel_bins=128, d_model=d_model, encoder_layers=2, decoder_layers=1,
+                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=2 * d_model,
+                        decoder_ffn_dim=2 * d_model, max_source_positions=1500, max_target_positions=32,
+                        decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    quiet_transformers()
+    WhisperForConditionalGeneration(cfg).eval().save_pretrained(out)
+    WhisperFeatureExtractor(feature_size=128).save_pretrained(out)
+    return out
+
+
+def _tiny_emotion2vec(root: str | Path, *, hub_id: str) -> Path:
+    from clmer_features.testing_audio import make_tiny_emotion2vec
+
+    return make_tiny_emotion2vec(Path(root) / hub_id, hub_id=hub_id)
+
+
+def _tiny_asr_whisper(root: str | Path, *, hub_id: str) -> Path:
+    from clmer_features.testing_audio import make_tiny_whisper
+
+    return make_tiny_whisper(Path(root) / hub_id)
+
+
+# hub id -> builder(root, hub_id=...) of a tiny random model of the checkpoint's real class, for the
+# built-in features (clmer_features.testing_zoo.BUILDERS holds the feature zoo's).
+TINY_BUILDERS = {
+    SIGLIP_ID: make_tiny_siglip,
+    BERT_ID: make_tiny_bert,
+    "emotion2vec/emotion2vec_base": _tiny_emotion2vec,
+    "openai/whisper-large-v3-turbo": _tiny_asr_whisper,
+    "openai/whisper-large-v3": make_tiny_whisper_encoder,
+}
+
+
+def tiny_model(hub_id: str, root: str | Path) -> Path:
+    """``root/<hub_id>`` holding a tiny random model for that hub id (built once)."""
+    out = Path(root) / hub_id
+    if out.is_dir() and any(out.iterdir()):
+        return out
+    builders: dict[str, Any] = {}
+    try:
+        from clmer_features import testing_zoo
+
+        builders.update(getattr(testing_zoo, "BUILDERS", {}))
+    except ImportError:
+        pass
+    builders.update(TINY_BUILDERS)
+    if hub_id not in builders:
+        raise KeyError(f"no tiny model builder for {hub_id!r}: add one to clmer_features.testing.TINY_BUILDERS "
+                       "or clmer_features.testing_zoo.BUILDERS")
+    builders[hub_id](root, hub_id=hub_id)
+    return out
+
+
+def _forbidden(what: str) -> Any:
+    def refuse(self: Any, *a: Any, **k: Any) -> None:
+        raise AssertionError(f"{type(self).name}: {what}")
+
+    return refuse
+
+
+def _same_output(name: str, clip_id: str, alone: Any, batched: Any) -> None:
+    """One clip alone and in a batch give the same output, within fp16 precision."""
+    import numpy as np
+
+    assert not isinstance(alone, Exception), f"{name}: clip {clip_id} alone failed: {alone!r}"
+    for field_ in ("values", "pooled", "times"):
+        a, b = getattr(alone, field_), getattr(batched, field_)
+        assert (a is None) == (b is None), f"{name}: {clip_id}: {field_} present alone xor in a batch"
+        if a is not None:
+            a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+            assert a.shape == b.shape, f"{name}: {clip_id}: {field_} shape {a.shape} alone, {b.shape} in a batch"
+            scale = max(float(np.abs(b).max(initial=0.0)), 1.0)
+            np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * scale,
+                                       err_msg=f"{name}: {clip_id}: batching changes the {field_}")
+    assert alone.record == batched.record, f"{name}: {clip_id}: batching changes the record"
+
+
+def check_extractor(cls: Any, model_dir: str | Path | None, clips: list[Any], **params: Any) -> list[Any]:
     """The contract every extractor keeps; raises AssertionError naming the broken rule.
 
-    ``clips`` are DecodedClip values with the extractor's input present. Checks:
-    the class is registered under its name; ``spec()`` works without loading the
-    model, is the same for two instances and for another device, and holds no run
-    settings; ``load()`` is idempotent; ``extract`` returns one output per clip, in
-    order, with finite values, matching times, and the same numbers alone as in a batch.
+    ``clips`` are DecodedClip values with the extractor's input present (at least two, of
+    different sizes, so padding shows). Checks: the class is registered under its name and its
+    config round-trips through its JSON (the model-cache key); ``spec()`` and ``provenance()``
+    work without loading the model, the spec is the same for two instances, for another device
+    and for other run-only settings; ``load()`` is idempotent; ``extract`` returns one output per
+    clip, in order, with finite values, matching and non-decreasing times; the first and the
+    last clip alone give what they give in the batch (within fp16 precision).
     Returns the batch outputs.
     """
+    import dataclasses
+    import json
+
     import numpy as np
 
     from clmer_features.extractors import get_extractor
 
-    assert get_extractor(cls.name) is cls, f"{cls.__name__} is not registered as {cls.name!r}"
-    assert cls.input in ("video", "audio", "text"), f"{cls.name}: bad input {cls.input!r}"
-    a = cls(Path(model_dir), device="cpu", **params)
-    spec = a.spec()
-    assert spec.feature == cls.name, f"{cls.name}: spec feature {spec.feature!r}"
-    assert spec.weights_digest, f"{cls.name}: spec has no weights digest"
-    assert cls(Path(model_dir), device="cuda", **params).spec().spec_id == spec.spec_id, \
-        f"{cls.name}: the device changes the spec"
-    assert cls(Path(model_dir), device="cpu", **params).spec().spec_id == spec.spec_id, \
-        f"{cls.name}: two instances give different specs"
+    name = cls.name
+    assert get_extractor(name) is cls, f"{cls.__name__} is not registered as {name!r}"
+    assert cls.input in ("video", "audio", "text"), f"{name}: bad input {cls.input!r}"
+    folder = Path(model_dir) if model_dir is not None else None
+    config = cls.Config.from_params(name, params)
+    assert cls.Config.from_params(name, json.loads(config.to_json())) == config, \
+        f"{name}: the config does not round-trip through its JSON"
+    a = cls(folder, config, device="cpu")
+    own_load = cls.__dict__.get("load")
+    cls.load = _forbidden("spec() or provenance() loaded the model")
+    try:
+        spec = a.spec()
+        prov = a.provenance()
+        assert cls(folder, config, device="cuda").spec().spec_id == spec.spec_id, \
+            f"{name}: the device changes the spec"
+        assert cls(folder, config, device="cpu").spec().spec_id == spec.spec_id, \
+            f"{name}: two instances give different specs"
+        for f in dataclasses.fields(config):
+            if not f.metadata.get("spec", True) and isinstance(getattr(config, f.name), int):
+                other = dataclasses.replace(config, **{f.name: getattr(config, f.name) + 1})
+                assert cls(folder, other, device="cpu").spec().spec_id == spec.spec_id, \
+                    f"{name}: run-only {f.name} changes the spec"
+    finally:
+        if own_load is None:
+            del cls.load
+        else:
+            cls.load = own_load
+    assert spec.feature == name, f"{name}: spec feature {spec.feature!r}"
+    if cls.default_model:
+        assert spec.weights_digest, f"{name}: spec has no weights digest"
+        assert prov.get("model_dir") == str(folder.resolve()), f"{name}: provenance lacks the folder used"
+    json.dumps(prov)
     a.load()
     a.load()
     outs = a.extract(list(clips))
-    assert len(outs) == len(clips), f"{cls.name}: {len(outs)} outputs for {len(clips)} clips"
+    assert len(outs) == len(clips), f"{name}: {len(outs)} outputs for {len(clips)} clips"
     for c, o in zip(clips, outs):
-        assert not isinstance(o, Exception), f"{cls.name}: clip {c.clip_id} failed: {o!r}"
+        assert not isinstance(o, Exception), f"{name}: clip {c.clip_id} failed: {o!r}"
         assert o.values is not None or o.record is not None or o.pooled is not None, \
-            f"{cls.name}: clip {c.clip_id}: empty output"
-        for name in ("values", "pooled"):
-            v = getattr(o, name)
+            f"{name}: clip {c.clip_id}: empty output"
+        for field_ in ("values", "pooled"):
+            v = getattr(o, field_)
             if v is not None:
-                assert np.isfinite(np.asarray(v, np.float32)).all(), f"{cls.name}: {c.clip_id}: {name} not finite"
+                assert np.isfinite(np.asarray(v, np.float32)).all(), f"{name}: {c.clip_id}: {field_} not finite"
         if o.values is not None:
-            assert np.asarray(o.values).ndim == 2, f"{cls.name}: values must be [T, D]"
+            assert np.asarray(o.values).ndim == 2, f"{name}: values must be [T, D]"
             if o.times is not None:
-                assert len(o.times) == len(o.values), f"{cls.name}: {c.clip_id}: rows and times differ"
-    alone = a.extract([clips[-1]])[0]
-    if outs[-1].values is not None:
-        np.testing.assert_allclose(alone.values, outs[-1].values, rtol=1e-3, atol=1e-4,
-                                   err_msg=f"{cls.name}: batching changes the numbers")
+                t = np.asarray(o.times, np.float64)
+                assert len(t) == len(o.values), f"{name}: {c.clip_id}: rows and times differ"
+                assert np.isfinite(t).all() and (np.diff(t) >= 0).all(), \
+                    f"{name}: {c.clip_id}: times are not monotonic"
+    for i in sorted({0, len(clips) - 1}):  # the first and the last clip, alone
+        _same_output(name, clips[i].clip_id, a.extract([clips[i]])[0], outs[i])
     return outs
 
 

@@ -13,7 +13,8 @@ def _format(d: dict) -> str:
         lines.append(f"  {d['help']}")
     lines.append(f"  model:    {('--models-dir/' + d['default_model']) if d['default_model'] else 'none needed'}")
     if d["requires"]:
-        lines.append(f"  requires: {', '.join(d['requires'])} (runs first when asked for; read from the store)")
+        lines.append(f"  requires: {', '.join(d['requires'])} (runs first when asked for too; its output is read "
+                     "from the store)")
     if d["output"]:
         lines.append(f"  output:   {d['output']}")
     if not d["params"]:

@@ -140,7 +140,7 @@ class Emotion2vecExtractor(Extractor):
     Config = Emotion2vecConfig
     default_model = "emotion2vec/emotion2vec_base"
     format_version = 1
-    output = "[frames, 768] at 50 Hz with times + pooled [768] (mean of the rows)"
+    output = "[frames, hidden] at 50 Hz with times + pooled [hidden] (mean of the rows)"
 
     def __init__(self, model_dir: Path | None, config: Emotion2vecConfig | None = None, device: str = "cpu",
                  **params: Any) -> None:
