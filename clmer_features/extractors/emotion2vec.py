@@ -169,6 +169,22 @@ class Emotion2vecExtractor(Extractor):
             },
         )
 
+    def provenance(self) -> dict[str, Any]:
+        """The folder, the hub id its configuration.json names and the model class its config.yaml builds."""
+        out = super().provenance()
+        name = _hub_id(self.model_dir, "")
+        if name:
+            out["name_or_path"] = name
+        try:
+            import yaml
+
+            model = (yaml.safe_load((self.model_dir / "config.yaml").read_text(encoding="utf-8")) or {}).get("model")
+        except (OSError, ValueError, AttributeError):
+            model = None
+        if model:
+            out["architectures"] = [str(model)]
+        return out
+
     # --- loading --------------------------------------------------------------
     def _check_folder(self) -> None:
         d = self.model_dir
