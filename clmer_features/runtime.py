@@ -69,7 +69,7 @@ def cached_extractor(feature: str, model_dir: Path | None, device: str,
                      config: ExtractorConfig | None = None) -> Extractor:
     """The process-wide extractor for these settings (built, not loaded, on first use)."""
     cls = get_extractor(feature)
-    config = config if config is not None else cls.Config()
+    config = (config if config is not None else cls.Config()).validated(feature)  # typed as the key needs
     key = ModelKey.of(feature, model_dir, device, config)
     ext = MODEL_CACHE.get(key)
     if ext is None:

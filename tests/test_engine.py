@@ -12,6 +12,7 @@ from clmer_features import engine, runtime
 from clmer_features import testing as T
 from clmer_features.engine import extract
 from clmer_features.errors import ModelNotFoundError, ParameterError
+from clmer_features.extractors import get_extractor
 from clmer_features.extractors.base import Extractor
 from clmer_features.store import open_store
 
@@ -275,3 +276,45 @@ def test_models_loaded_counts_loads_not_runs(tiny_models, manifest, tmp_path):
     s2 = extract(manifest, ["siglip"], tmp_path / "b", models_dir=tiny_models, device="cpu", progress=False)
     assert s2.features["siglip"].done == 6
     assert s2.models_loaded == 0 and s2.features["siglip"].load_s == 0.0
+
+
+def test_phases_follow_requires():
+    assert engine.phases(["bert", "siglip", "asr", "siglip"]) == [["siglip", "asr"], ["bert"]]
+    assert engine.phases(["bert", "emotion2vec"]) == [["bert", "emotion2vec"]]  # asr not asked: read from the store
+
+
+def test_phases_refuse_a_cycle(monkeypatch):
+    from clmer_features.errors import ClmerError
+    from clmer_features.extractors import base
+    from clmer_features.extractors.asr import AsrExtractor
+
+    class Circular(AsrExtractor):
+        requires = ("bert",)
+
+    get_extractor("asr")
+    monkeypatch.setitem(base._REGISTRY, "asr", Circular)
+    with pytest.raises(ClmerError, match="asr, bert require each other"):
+        engine.phases(["asr", "bert"])
+
+
+def test_one_model_cache_key_rule(tiny_models, tmp_path):
+    """The model cache (local engine and Dask workers alike) is keyed by feature, resolved folder,
+    device and the config's JSON: equal settings share one extractor, other settings do not."""
+    import os
+
+    from clmer_features.extractors.siglip import SiglipConfig
+
+    runtime.clear_model_cache()
+    folder = tiny_models / T.SIGLIP_ID
+    link = tmp_path / "same-folder"
+    os.symlink(folder, link)
+    a = runtime.cached_extractor("siglip", folder, "cpu", SiglipConfig(frame_interval=1.0))
+    assert runtime.cached_extractor("siglip", link, "cpu", SiglipConfig(frame_interval=1)) is a
+    assert runtime.cached_extractor("siglip", folder, "cpu", SiglipConfig(frame_interval=2.0)) is not a
+    assert runtime.cached_extractor("siglip", folder, "cuda", SiglipConfig(frame_interval=1.0)) is not a
+    key = runtime.model_key(a)
+    assert key == runtime.ModelKey("siglip", str(folder.resolve()), "cpu", SiglipConfig(frame_interval=1.0).to_json())
+    runtime.MODEL_CACHE.clear()  # a worker that lacks it rebuilds it from the key alone
+    b = runtime.extractor_for(key)
+    assert b is not a and runtime.model_key(b) == key and b.config == a.config
+    runtime.clear_model_cache()
