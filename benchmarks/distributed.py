@@ -71,7 +71,7 @@ def main() -> None:
     from distributed import wait
 
     from clmer_features.distributed import DaskRunner, dask_client
-    from clmer_features.runtime import clear_model_cache as clear_worker_cache, worker_counters
+    from clmer_features.runtime import clear_model_cache, worker_counters
 
     root = Path(tempfile.mkdtemp(prefix="clmer-bench-dist-"))
     rows: list[tuple[str, float, str]] = []
@@ -93,7 +93,7 @@ def main() -> None:
             with dask_client(workers=n, log=lambda m: None) as client:
                 t_start = time.perf_counter() - t0
                 rows.append((f"LocalCluster({n} worker{'s' if n > 1 else ''}) start", t_start, ""))
-                client.run(clear_worker_cache)
+                client.run(clear_model_cache)
                 t_cold, s_cold = run(manifest, models, root / f"d{n}-cold", P,
                                      runner=DaskRunner(client, log=lambda m: None))
                 loads = sum(sum(c["loads"].values()) for c in client.run(worker_counters).values())
