@@ -80,13 +80,17 @@ def feature_configs(features: Iterable[str], params: Mapping[str, Mapping[str, A
         raise ClmerError(f"parameters given for {', '.join(stray)}, which is not among the features {features}")
     out: dict[str, ExtractorConfig] = {}
     for name in features:
-        try:
-            cls = get_extractor(name)
-        except KeyError as exc:
-            raise ClmerError(str(exc.args[0])) from None
+        cls = _extractor_class(name)
         given = (params or {}).get(name) or {}
         out[name] = given.validated(name) if isinstance(given, ExtractorConfig) else cls.Config.from_params(name, given)
     return out
+
+
+def _extractor_class(name: str) -> type[Extractor]:
+    try:
+        return get_extractor(name)
+    except KeyError as exc:
+        raise ClmerError(str(exc.args[0])) from None
 
 
 def phases(features: Iterable[str]) -> list[list[str]]:
@@ -97,7 +101,7 @@ def phases(features: Iterable[str]) -> list[list[str]]:
         f = f.strip()
         if f and f not in asked:
             asked.append(f)
-    deps = {f: [r for r in get_extractor(f).requires if r in asked and r != f] for f in asked}
+    deps = {f: [r for r in _extractor_class(f).requires if r in asked and r != f] for f in asked}
     out: list[list[str]] = []
     placed: set[str] = set()
     while len(placed) < len(asked):
