@@ -179,9 +179,9 @@ class Extractor(abc.ABC):
 
     # --- declared behaviour -------------------------------------------------
     def key_input(self) -> str:
-        """Which cache key this feature's clips use: ``"media"``, ``"text"`` or ``"text_or_media"``
-        (the text's where the manifest has text, the media's otherwise). The one place it is
-        decided; may depend on what :meth:`bind` was given."""
+        """Which key family this feature's clips are filed under: ``"media"`` or ``"text"``; a row
+        without that key is filed under its other key (``store.layout.KEY_COLUMNS``, the one rule
+        the planner and the store's readers share). May depend on what :meth:`bind` was given."""
         return "text" if self.input == "text" else "media"
 
     def bind(self, inputs: RunInputs) -> None:
