@@ -379,8 +379,8 @@ class OnTheFlyTowers:
     def __init__(self, siglip_dir: str | Path, whisper_dir: str | Path, device: str = "cpu"):
         from clmer_features.extractors.r1omni import R1OmniAudioExtractor, R1OmniVisionExtractor
 
-        self.vision = R1OmniVisionExtractor(Path(siglip_dir), device)
-        self.audio = R1OmniAudioExtractor(Path(whisper_dir), device)
+        self.vision = R1OmniVisionExtractor(Path(siglip_dir), device=device)
+        self.audio = R1OmniAudioExtractor(Path(whisper_dir), device=device)
         self.vision.load()
         self.audio.load()
 

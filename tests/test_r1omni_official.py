@@ -100,7 +100,7 @@ def test_silence_equals_the_extractor_on_ten_seconds_of_silence(tiny):
     from clmer_features.extractors.r1omni import R1OmniAudioExtractor, whisper_pooled
     from clmer_fusion.r1omni.silence import silence_features
 
-    ext = R1OmniAudioExtractor(tiny.whisper_dir, "cpu")
+    ext = R1OmniAudioExtractor(tiny.whisper_dir, device="cpu")
     ext.load()
     want = whisper_pooled(ext._encoder, ext._fe, [np.zeros(160000, np.float32)]).astype(np.float16)[0]
     got = silence_features(tiny.whisper_dir, ext.spec())

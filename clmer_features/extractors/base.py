@@ -170,7 +170,9 @@ class Extractor(abc.ABC):
         elif params:
             raise TypeError(f"{self.name}: give a config or parameters, not both")
         elif not isinstance(config, self.Config):
-            raise TypeError(f"{self.name}: config must be a {self.Config.__name__}, not {type(config).__name__}")
+            hint = f" (the device goes by name: {type(self).__name__}(folder, device={config!r}))" \
+                if isinstance(config, str) else ""
+            raise TypeError(f"{self.name}: config must be a {self.Config.__name__}, not {type(config).__name__}{hint}")
         else:
             config = config.validated(self.name)
         self.model_dir = Path(model_dir) if model_dir is not None else None
