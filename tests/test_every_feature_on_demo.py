@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from clmer_features import demo
+import clmer_demo as demo
 from clmer_features import testing as T
 from clmer_features.cli import cli
 from clmer_features.extractors import available, get_extractor
