@@ -127,8 +127,11 @@ class DaskRunner:
             raise self.error(summary, before=label)
         resources = {"GPU": 1} if self.gpu else None
         futures = {}
-        for i, (rows, tasks) in enumerate(partitions):
+        for i, (rows, tasks) in enumerate(partitions, start=self.partitions_run):
             light = [t for t in tasks if t.keys]
+            # A key never used before in this run: the engine hands partitions over in leased batches,
+            # and a key reused by the next batch would be answered with the earlier batch's result
+            # while the scheduler still holds it (the partition then looks done but was never run).
             fut = self.client.submit(
                 run_partition_task, i, rows, light, self.batch_size, self.decode_workers, self.torch_threads,
                 key=f"clmer-{self.token}-{label.split()[0]}-{i}", pure=False, retries=self.retries,

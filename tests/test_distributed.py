@@ -258,14 +258,11 @@ def test_a_partition_that_keeps_failing_leaves_a_consistent_store(client, faults
 
 
 def test_a_dask_client_and_a_local_run_on_one_cache_split_the_partitions(client, manifest, tiny_models, reference,
-                                                                          tmp_path, monkeypatch):
+                                                                          tmp_path):
     """Leases: a Dask run and an in-process run started together on one cache compute each partition
     once between them (the Dask client leases two partitions per worker at a time)."""
     import threading
 
-    # Twice the lease seen expiring at load 5-10 on the 2-core VM (a partition computed twice):
-    # expiry has its own tests; here a long TTL keeps the split from depending on the machine's load.
-    monkeypatch.setenv("CLMER_LEASE_TTL", "600")
     ref_cache, _, _ = reference
     cache = tmp_path / "cache"
     kw = dict(models_dir=tiny_models, device="cpu", partition_size=1, progress=False)
@@ -286,4 +283,32 @@ def test_a_dask_client_and_a_local_run_on_one_cache_split_the_partitions(client,
     assert verify(open_store(cache, "clips")).ok
     ref = open_store(ref_cache, "clips").feature("siglip")  # partition size differs from the reference:
     got = open_store(cache, "clips").feature("siglip")      # compare values, not part names
+    assert got.clip_ids == ref.clip_ids and all(np.array_equal(got.get(c), ref.get(c)) for c in ref.clip_ids)
+
+
+def test_each_leased_batch_gets_task_keys_never_used_before_in_the_run(client, manifest, tiny_models, reference,
+                                                                       tmp_path, monkeypatch):
+    """The engine hands partitions to Dask in leased batches. A task key reused by a later batch is
+    answered with the earlier batch's result while the scheduler still holds it: the partition is
+    counted done but never runs (seen under load as one partition computed twice by two clients)."""
+    ref_cache, _, _ = reference
+    keys: list[str] = []
+    submit = client.submit
+
+    def recording(*a, **kw):
+        keys.append(kw["key"])
+        return submit(*a, **kw)
+
+    monkeypatch.setattr(client, "submit", recording)
+    runner = DaskRunner(client, log=lambda m: None)
+    monkeypatch.setattr(DaskRunner, "window", property(lambda self: 1))  # one partition per batch
+    cache = tmp_path / "cache"
+    summary = extract(manifest, ["siglip"], cache, runner=runner, models_dir=tiny_models, device="cpu",
+                      partition_size=3, progress=False)
+    part_keys = [k for k in keys if not k.startswith("clmer-state-")]
+    assert len(part_keys) == runner.partitions_run == 4 and len(set(part_keys)) == 4
+    s = summary.features["siglip"]
+    assert s.done + s.failed + s.absent == 10
+    ref = open_store(ref_cache, "clips").feature("siglip")
+    got = open_store(cache, "clips").feature("siglip")
     assert got.clip_ids == ref.clip_ids and all(np.array_equal(got.get(c), ref.get(c)) for c in ref.clip_ids)
