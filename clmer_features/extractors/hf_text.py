@@ -1,0 +1,180 @@
+"""Text family: any transformers text encoder (RoBERTa, MacBERT, XLM-R, BERT ...), token rows.
+
+``AutoModel`` + ``AutoTokenizer`` from the folder, both driven by its
+``config.json``: hfl's chinese-roberta-wwm-ext(-large) and chinese-macbert
+are BERT checkpoints (``model_type: bert``) whose ``tokenizer_config.json``
+names no class, so they load as ``BertModel`` with a BERT tokenizer, as hfl
+says to load them (never ``RobertaModel``).
+
+As MERTools' text script does by default: one row per token of ``layer``
+(the presets sum the last 4 hidden states), the special tokens ([CLS],
+[SEP], <s> ...) dropped (``special_tokens=keep`` keeps them), and the pooled
+vector is the mean of the rows (``pooled=cls`` takes the CLS row instead).
+MERTools never truncates, so a text past the model's 512 positions crashes
+there; here it is cut at ``max_length`` tokens. Texts of a batch are padded
+and masked, which leaves each text's numbers as they are alone.
+
+The text is the manifest's ``text`` where a row has one, else the ``asr``
+transcript of the clip (the feature ``requires`` asr), exactly as ``bert``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clmer_features.errors import StoreError
+from clmer_features.extractors import hf_common as H
+from clmer_features.extractors.base import (
+    ClipOutput, DecodedClip, Extractor, ExtractorConfig, RunInputs, param, register,
+)
+from clmer_features.spec import FeatureSpec
+
+
+def _has_text(row: dict[str, Any]) -> bool:
+    t = row.get("text")
+    return isinstance(t, str) and bool(t.strip())
+
+
+class TextFromManifestOrAsr:
+    """Where a text feature's text comes from: the manifest's ``text``, else the asr transcript.
+
+    ``text_source`` (for the spec) is ``"manifest"`` when every row of the store's manifest
+    snapshot has text or no asr spec was handed over, else ``"manifest|asr:<asr spec_id>"``.
+    """
+
+    requires = ("asr",)
+    text_source = "manifest"
+    _inputs: RunInputs | None = None
+    _transcripts: dict[str, str] | None = None
+
+    def bind(self, inputs: RunInputs) -> None:
+        self._inputs, self._transcripts = inputs, None
+        clips = inputs.store().clips()
+        rows = clips.select("text").to_dicts() if clips is not None and "text" in clips.columns else []
+        asr = inputs.spec_of("asr")
+        self.text_source = "manifest" if asr is None or all(_has_text(r) for r in rows) \
+            else f"manifest|asr:{asr.spec_id}"
+
+    @property
+    def uses_asr(self) -> bool:
+        return "asr:" in self.text_source
+
+    def key_input(self) -> str:
+        return "text_or_media" if self.uses_asr else "text"
+
+    @property
+    def transcripts(self) -> dict[str, str]:
+        """media clip key -> transcript of the bound asr spec, read from the store once per bind."""
+        if self._transcripts is None:
+            self._transcripts = {}
+            spec = self._inputs.spec_of("asr") if (self._inputs is not None and self.uses_asr) else None
+            if spec is not None:
+                try:
+                    rec = self._inputs.store().feature("asr", spec=spec).records()
+                except StoreError:
+                    rec = None
+                if rec is not None and "text" in rec.columns:
+                    self._transcripts = {k: (t or "") for k, t in rec.select("clip_key", "text").iter_rows()}
+        return self._transcripts
+
+    def text_of(self, clip: DecodedClip) -> str | None:
+        if _has_text(clip.row):
+            return str(clip.row["text"])
+        if self.uses_asr:
+            t = self.transcripts.get(clip.keys.get("media", ""))
+            return t if t and t.strip() else None
+        return None
+
+    def missing_input(self, clip: DecodedClip) -> tuple[str, str] | None:
+        if self.text_of(clip) is not None:
+            return None
+        if self.uses_asr and clip.keys.get("media") in self.transcripts:
+            return ("absent", "the ASR transcript is empty")
+        how = "and no ASR transcript" if self.uses_asr else "(run asr to transcribe it)"
+        return ("absent", f"no text in the manifest {how}")
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig(ExtractorConfig):
+    layer: str = param("last", H.LAYER_HELP)
+    special_tokens: str = param("drop", "rows of special tokens ([CLS], [SEP], <s> ...): drop (MERTools) or keep",
+                                choices=("drop", "keep"))
+    pooled: str = param("mean", "utterance vector: mean of the rows (MERTools) or the CLS row of the layer",
+                        choices=("mean", "cls"))
+    max_length: int = param(512, "tokens per text, special tokens included (longer texts are cut)", minimum=2)
+    text_batch: int = param(32, "texts per forward pass", spec=False, minimum=1)
+
+
+@register
+class TextEncoderExtractor(TextFromManifestOrAsr, Extractor):
+    """Any transformers text encoder (give its folder with --model hf_text=DIR)."""
+
+    name = "hf_text"
+    family = "text"
+    input = "text"
+    Config = TextEncoderConfig
+    format_version = 1
+    output = "[tokens, D] one row per token + pooled [D] (mean over tokens)"
+
+    def __init__(self, model_dir: Path | None, config: TextEncoderConfig | None = None, device: str = "cpu",
+                 **params: Any) -> None:
+        super().__init__(model_dir, config, device, **params)
+        self.layer = H.check_layer(self.name, self.config.layer)
+        self.model: Any = None
+        self.tokenizer: Any = None
+
+    def spec(self) -> FeatureSpec:
+        return H.family_spec(self, {**self.config.spec_params(), "layer": self.layer,
+                                    "text_source": self.text_source})
+
+    def load(self) -> None:
+        if self.model is not None:
+            return
+        folder = H.model_folder(self)
+        model = H.load_model(folder, self.name, device=self.device, unused_pooler=True)
+        self.tokenizer = H.load_processor(folder, self.name, "AutoTokenizer")
+        self.model = model
+
+    def unload(self) -> None:
+        self.model = None
+        self.tokenizer = None
+
+    def embed_texts(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text (token rows [T, D], pooled [D])."""
+        import torch
+
+        self.load()
+        c = self.config
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        for i in range(0, len(texts), c.text_batch):
+            enc = self.tokenizer(texts[i:i + c.text_batch], padding=True, truncation=True, max_length=c.max_length,
+                                 return_special_tokens_mask=True, return_tensors="pt")
+            special = enc.pop("special_tokens_mask").bool()
+            keep = enc["attention_mask"].bool()
+            if c.special_tokens == "drop":
+                keep &= ~special
+            enc = {k: v.to(self.model.device) for k, v in enc.items()}
+            with torch.inference_mode():
+                res = self.model(**enc, output_hidden_states=H.needs_hidden_states(self.layer))
+            h = H.to_numpy(H.pick_layer(res, self.layer))
+            for j in range(h.shape[0]):
+                rows = h[j][keep[j].numpy()]
+                if len(rows) == 0:  # a text of special tokens only: its rows are all there is
+                    rows = h[j][enc["attention_mask"][j].cpu().numpy().astype(bool)]
+                out.append((rows, H.mean_rows(rows) if c.pooled == "mean" else h[j, 0].copy()))
+        return out
+
+    def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
+        results: list[ClipOutput | Exception] = []
+        todo: list[tuple[int, str]] = []
+        for i, c in enumerate(clips):
+            text = self.text_of(c)
+            results.append(ValueError(f"{c.clip_id}: {self.missing_input(c)[1]}") if text is None else ClipOutput())
+            if text is not None:
+                todo.append((i, text))
+        for (i, _), (rows, pooled) in zip(todo, self.embed_texts([t for _, t in todo])):
+            results[i] = ClipOutput(values=rows, pooled=pooled)
+        return results
