@@ -191,7 +191,7 @@ def make_tiny_data2vec_audio(root: str | Path, *, hub_id: str = "facebook/data2v
 
     out = _out(root, hub_id)
     _seed(seed)
-    cfg = Data2VecAudioConfig(**_speech_cfg(num_conv_pos_embeddings=16))
+    cfg = Data2VecAudioConfig(**_speech_cfg())
     _save(Data2VecAudioModel(cfg), out)
     _save_w2v_extractor(out, return_attention_mask=True)
     return out

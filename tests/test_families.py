@@ -12,6 +12,9 @@ from clmer_features import testing_zoo as Z
 from clmer_features.errors import ClmerError, ModelNotFoundError
 from clmer_features.extractors import get_extractor
 from clmer_features.extractors.base import DecodedClip
+from clmer_features.extractors.hf_speech import SpeechExtractor
+from clmer_features.extractors.hf_text import TextEncoderExtractor
+from clmer_features.extractors.hf_vision import VisionFramesExtractor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -79,7 +82,7 @@ def test_dinov2_preset_sums_the_tokens_of_the_last_hidden_state_before_the_norm(
 
 
 def test_vision_family_serves_any_image_encoder_with_a_choice_of_output(zoo):
-    vit = get_extractor("hf_vision")
+    vit = VisionFramesExtractor
     clip = frames_clip(vit(zoo / "google/vit-base-patch16-224-in21k"))
     pooler = vit(zoo / "google/vit-base-patch16-224-in21k", output="pooler").extract([clip])[0].values
     cls = vit(zoo / "google/vit-base-patch16-224-in21k", output="cls").extract([clip])[0].values
@@ -93,7 +96,7 @@ def test_vision_family_serves_any_image_encoder_with_a_choice_of_output(zoo):
         vit(zoo / "google/vit-base-patch16-224-in21k", output="pooler", layer="-2")
     with pytest.raises(ClmerError, match=r"hf_vision\.layer: expected one of last, sum_last4, mean_last4"):
         vit(zoo / "google/vit-base-patch16-224-in21k", layer="top")
-    with pytest.raises(ModelNotFoundError, match="pass --model hf_vision=DIR"):
+    with pytest.raises(ModelNotFoundError, match="hf_vision needs a model folder"):
         vit(None).spec()
 
 
@@ -158,8 +161,8 @@ def test_speech_presets_reproduce_mertools_windows(zoo, hub_id):
 
 def test_speech_windows_bound_the_batch_and_do_not_change_numbers(zoo):
     clips = [audio_clip(speech(s, seed=i), f"c{i}") for i, s in enumerate((31.0, 4.0, 12.0, 4.0))]
-    one = get_extractor("hf_speech")(zoo / "facebook/data2vec-audio-base", window_batch=1)
-    many = get_extractor("hf_speech")(zoo / "facebook/data2vec-audio-base", window_batch=8)
+    one = SpeechExtractor(zoo / "facebook/data2vec-audio-base", window_batch=1)
+    many = SpeechExtractor(zoo / "facebook/data2vec-audio-base", window_batch=8)
     batched = many.extract(clips)
     # 10 s windows give 499 rows each; the last one's rows stop at the audio's end
     assert [len(b.values) for b in batched] == [3 * 499 + 50, 199, 499 + 100, 199]
@@ -217,4 +220,4 @@ def test_a_folder_whose_weights_do_not_fit_is_refused(zoo, tmp_path):
     cfg = json.loads((bad / "config.json").read_text())
     (bad / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": cfg["num_hidden_layers"] + 1}))
     with pytest.raises(ModelNotFoundError, match="not in the checkpoint"):
-        get_extractor("hf_text")(bad).load()
+        TextEncoderExtractor(bad).load()

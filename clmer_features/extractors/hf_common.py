@@ -71,8 +71,8 @@ def pick_layer(out: Any, layer: str) -> Any:
 def model_folder(ext: Any) -> Path:
     """The extractor's model folder, or one line saying how to give it."""
     if ext.model_dir is None:
-        raise ModelNotFoundError(f"{ext.name} needs a model folder: pass --model {ext.name}=DIR "
-                                 "(any transformers checkpoint of its kind, laid out like a hub repo)")
+        raise ModelNotFoundError(f"{ext.name} needs a model folder: --models-dir DIR holding "
+                                 f"DIR/{ext.default_model or '<hub id>'}, or --model {ext.name}=DIR")
     require_files(Path(ext.model_dir), ("config.json",), ext.name)
     return Path(ext.model_dir)
 

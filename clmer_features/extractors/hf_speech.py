@@ -35,7 +35,7 @@ import numpy as np
 
 from clmer_features.errors import ClmerError
 from clmer_features.extractors import hf_common as H
-from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, ExtractorConfig, param, register
+from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, ExtractorConfig, param
 from clmer_features.spec import FeatureSpec
 
 RATE = 16000
@@ -52,9 +52,8 @@ class SpeechConfig(ExtractorConfig):
     window_batch: int = param(8, "windows per forward pass (bounds memory)", spec=False, minimum=1)
 
 
-@register
 class SpeechExtractor(Extractor):
-    """Any transformers speech encoder (give its folder with --model hf_speech=DIR)."""
+    """Any transformers speech encoder; a feature is a preset of it (``presets.py``)."""
 
     name = "hf_speech"
     family = "speech"

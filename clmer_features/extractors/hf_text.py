@@ -28,7 +28,7 @@ import numpy as np
 from clmer_features.errors import StoreError
 from clmer_features.extractors import hf_common as H
 from clmer_features.extractors.base import (
-    ClipOutput, DecodedClip, Extractor, ExtractorConfig, RunInputs, param, register,
+    ClipOutput, DecodedClip, Extractor, ExtractorConfig, RunInputs, param,
 )
 from clmer_features.spec import FeatureSpec
 
@@ -108,9 +108,8 @@ class TextEncoderConfig(ExtractorConfig):
     text_batch: int = param(32, "texts per forward pass", spec=False, minimum=1)
 
 
-@register
 class TextEncoderExtractor(TextFromManifestOrAsr, Extractor):
-    """Any transformers text encoder (give its folder with --model hf_text=DIR)."""
+    """Any transformers text encoder; a feature is a preset of it (``presets.py``)."""
 
     name = "hf_text"
     family = "text"

@@ -27,7 +27,7 @@ import numpy as np
 from clmer_features.errors import ClmerError
 from clmer_features.extractors import hf_common as H
 from clmer_features.extractors.base import (
-    ClipOutput, DecodedClip, Extractor, ExtractorConfig, FrameRequest, param, register,
+    ClipOutput, DecodedClip, Extractor, ExtractorConfig, FrameRequest, param,
 )
 from clmer_features.spec import FeatureSpec
 
@@ -42,9 +42,8 @@ class VideoClipsConfig(ExtractorConfig):
     clip_batch: int = param(4, "model inputs per forward pass", spec=False, minimum=1)
 
 
-@register
 class VideoClipsExtractor(Extractor):
-    """Any VideoMAE-style video encoder (give its folder with --model hf_video=DIR)."""
+    """Any VideoMAE-style video encoder; a feature is a preset of it (``presets.py``)."""
 
     name = "hf_video"
     family = "video-clips"

@@ -31,7 +31,7 @@ import numpy as np
 from clmer_features.errors import ClmerError
 from clmer_features.extractors import hf_common as H
 from clmer_features.extractors.base import (
-    ClipOutput, DecodedClip, Extractor, ExtractorConfig, FrameRequest, param, register,
+    ClipOutput, DecodedClip, Extractor, ExtractorConfig, FrameRequest, param,
 )
 from clmer_features.spec import FeatureSpec
 
@@ -49,9 +49,8 @@ class VisionFramesConfig(ExtractorConfig):
     frame_batch: int = param(32, "frames per forward pass", spec=False, minimum=1)
 
 
-@register
 class VisionFramesExtractor(Extractor):
-    """Any transformers image encoder (give its folder with --model hf_vision=DIR)."""
+    """Any transformers image encoder; a feature is a preset of it (``presets.py``)."""
 
     name = "hf_vision"
     family = "vision-frames"
