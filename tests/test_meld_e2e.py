@@ -168,11 +168,11 @@ def _record() -> dict:
                 "war_std": 0.0, "uar_std": 0.01, "weighted_f1_std": 0.02}
 
     asr_rows = [row(h, s, w) for h in ("linear", "mlp") for s, w in
-                (("bert", 0.46), ("emotion2vec", 0.2), ("siglip", 0.2), ("bert+emotion2vec+siglip", 0.45))]
-    shap = {"splits/linear": {"metric": "uar", "phi": {"bert": 0.1, "emotion2vec": 0.01, "siglip": -0.01},
-                              "shares": {"bert": 1.0, "emotion2vec": 0.1, "siglip": -0.1}},
-            "splits/mlp": {"metric": "uar", "phi": {"bert": 0.08, "emotion2vec": 0.0, "siglip": 0.02},
-                           "shares": {"bert": 0.8, "emotion2vec": 0.0, "siglip": 0.2}}}
+                (("bert", 0.46), ("egemaps", 0.2), ("siglip", 0.2), ("bert+egemaps+siglip", 0.45))]
+    shap = {"splits/linear": {"metric": "uar", "phi": {"bert": 0.1, "egemaps": 0.01, "siglip": -0.01},
+                              "shares": {"bert": 1.0, "egemaps": 0.1, "siglip": -0.1}},
+            "splits/mlp": {"metric": "uar", "phi": {"bert": 0.08, "egemaps": 0.0, "siglip": 0.02},
+                           "shares": {"bert": 0.8, "egemaps": 0.0, "siglip": 0.2}}}
     return {"clips": 300, "target_clips": 300, "split_counts": {"train": 150, "valid": 50, "test": 100},
             "seeds": [0, 1], "wer": {"all": {"wer": 0.15, "empty_transcripts": 1, "clips": 300},
                                      "test": {"wer": 0.16, "clips": 100}},
@@ -288,11 +288,11 @@ def test_twelve_meld_clips_end_to_end_twice(tmp_path):
     assert first["clips"] == 12 and sum(first["split_counts"].values()) == 12
     assert set(first["split_counts"]) == {"train", "valid", "test"}
     feats = first["extract"]["features"]
-    assert all(feats[f]["done"] == 12 and feats[f]["failed"] == 0 for f in ("siglip", "emotion2vec", "asr", "bert"))
+    assert all(feats[f]["done"] == 12 and feats[f]["failed"] == 0 for f in ("siglip", "egemaps", "asr", "bert"))
     assert first["extract"]["models_loaded"] >= 4
     assert first["wer"]["all"]["wer"] < 0.5 and first["wer"]["all"]["no_transcript"] == 0
     assert len(first["grid_asr"]["rows"]) == 7 and len(first["grid_text"]["rows"]) == 1
-    assert set(first["grid_asr"]["shapley"]["splits/linear"]["phi"]) == {"bert", "emotion2vec", "siglip"}
+    assert set(first["grid_asr"]["shapley"]["splits/linear"]["phi"]) == {"bert", "egemaps", "siglip"}
     # the ceiling's bert read the manifest text, the ASR run's bert the transcripts: different specs
     assert first["grid_asr"]["spec_ids"]["bert"] != first["grid_text"]["spec_ids"]["bert"]
     # the gap diagnosis: three derived text-only manifests, each through bert and the same heads
