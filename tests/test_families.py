@@ -172,6 +172,12 @@ def test_speech_windows_bound_the_batch_and_do_not_change_numbers(zoo):
         assert len(b.times) == len(b.values) and b.times[-1] < len(c.audio) / 16000
 
 
+def test_audio_shorter_than_one_frame_is_that_clips_error(zoo):
+    outs = SpeechExtractor(zoo / Z.HUBERT_ID).extract([audio_clip(speech(0.01), "tiny"), audio_clip(speech(1.0))])
+    assert isinstance(outs[0], ValueError) and "0.010 s of audio is too short" in str(outs[0])
+    assert outs[1].values.shape == (49, 32)
+
+
 def test_whisper_encoder_rows_cover_the_audio_only(zoo):
     import torch
     from transformers import WhisperFeatureExtractor, WhisperModel

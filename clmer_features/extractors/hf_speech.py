@@ -95,6 +95,16 @@ class SpeechExtractor(Extractor):
         self.model = None
         self.fe = None
 
+    def frames(self, samples: int) -> int:
+        """Rows the encoder makes from ``samples`` (its convolutions' kernels and strides)."""
+        if self.whisper:
+            return int(np.ceil(samples / (self.hop * RATE)))
+        n = samples
+        cfg = self.model.config
+        for k, st in zip(getattr(cfg, "conv_kernel", ()), getattr(cfg, "conv_stride", ())):
+            n = (n - k) // st + 1 if n >= k else 0
+        return n
+
     # --- windows ----------------------------------------------------------------
     def _normalized(self, audio: np.ndarray) -> np.ndarray:
         """The whole clip normalised once, as the feature extractor would (Whisper: unchanged)."""
@@ -159,11 +169,16 @@ class SpeechExtractor(Extractor):
     def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
         results: list[ClipOutput | Exception] = []
         ok: list[int] = []
+        self.load()
         for i, c in enumerate(clips):
             missing = self.missing_input(c)
-            results.append(ValueError(f"{c.clip_id}: no audio ({missing[0]}: {missing[1]})") if missing
-                           else ClipOutput())
-            if not missing:
+            if missing:
+                results.append(ValueError(f"{c.clip_id}: no audio ({missing[0]}: {missing[1]})"))
+            elif self.frames(len(c.audio)) < 1:
+                results.append(ValueError(f"{c.clip_id}: {len(c.audio) / RATE:.3f} s of audio is too short for "
+                                          f"{self.name} (not one frame)"))
+            else:
+                results.append(ClipOutput())
                 ok.append(i)
         for i, (rows, times) in zip(ok, self.embed([clips[i].audio for i in ok])):
             results[i] = ClipOutput(values=rows, times=times, pooled=H.mean_rows(rows))
