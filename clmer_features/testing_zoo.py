@@ -270,6 +270,7 @@ BUILDERS: dict[str, Callable[..., Path]] = {
     DINOV2_ID: make_tiny_dinov2,
     VIDEOMAE_ID: make_tiny_videomae,
     HUBERT_ID: make_tiny_hubert,
+    "TencentGameMate/chinese-hubert-base": make_tiny_hubert,
     WAV2VEC2_ID: make_tiny_wav2vec2,
     WAVLM_ID: make_tiny_wavlm,
     WHISPER_ID: make_tiny_whisper,

@@ -59,6 +59,11 @@ register_preset(
     output="[frames, 1024] at 50 rows/s with times + pooled [1024]",
 )
 register_preset(
+    "hubert_base", SpeechExtractor, default_model="TencentGameMate/chinese-hubert-base", params=MERTOOLS_SPEECH,
+    help="Chinese HuBERT-base: sum of the last 4 hidden states, 10 s windows; MER2026's top audio feature.",
+    output="[frames, 768] at 50 rows/s with times + pooled [768]",
+)
+register_preset(
     "wav2vec2", SpeechExtractor, default_model="facebook/wav2vec2-large-960h", params=MERTOOLS_SPEECH,
     help="wav2vec2-large-960h encoder (CTC head unused): sum of the last 4 hidden states, 10 s windows.",
     output="[frames, 1024] at 50 rows/s with times + pooled [1024]",
