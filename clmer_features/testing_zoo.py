@@ -126,9 +126,9 @@ def make_tiny_videomae(root: str | Path, *, hub_id: str = VIDEOMAE_ID, image_siz
 
 
 # ----------------------------------------------------------------------------- speech
-def _speech_cfg(**kw: Any) -> dict[str, Any]:
+def _speech_cfg(conv_channels: int = 16, **kw: Any) -> dict[str, Any]:
     return dict(hidden_size=32, num_hidden_layers=5, num_attention_heads=4, intermediate_size=64,
-                conv_dim=(16, 16, 16, 16, 16, 16, 16), conv_stride=(5, 2, 2, 2, 2, 2, 2),
+                conv_dim=(conv_channels,) * 7, conv_stride=(5, 2, 2, 2, 2, 2, 2),
                 conv_kernel=(10, 3, 3, 3, 3, 2, 2), num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
                 vocab_size=32, **kw)
 
@@ -140,14 +140,15 @@ def _save_w2v_extractor(out: Path, *, return_attention_mask: bool) -> None:
                              return_attention_mask=return_attention_mask).save_pretrained(out)
 
 
-def make_tiny_hubert(root: str | Path, *, hub_id: str = HUBERT_ID, seed: int = 0) -> Path:
+def make_tiny_hubert(root: str | Path, *, hub_id: str = HUBERT_ID, conv_channels: int = 16, seed: int = 0) -> Path:
     """HubertModel in the large layout (layer-norm feature encoder, stable layer norm), weights in
-    ``pytorch_model.bin`` only and a Wav2Vec2FeatureExtractor, as TencentGameMate/chinese-hubert-large."""
+    ``pytorch_model.bin`` only and a Wav2Vec2FeatureExtractor, as TencentGameMate/chinese-hubert-large.
+    ``conv_channels=512``: the feature encoder at its real width (for memory measurements)."""
     from transformers import HubertConfig, HubertModel
 
     out = _out(root, hub_id)
     _seed(seed)
-    cfg = HubertConfig(**_speech_cfg(feat_extract_norm="layer", do_stable_layer_norm=True))
+    cfg = HubertConfig(**_speech_cfg(conv_channels, feat_extract_norm="layer", do_stable_layer_norm=True))
     _save(HubertModel(cfg), out, safetensors=False, legacy_weight_norm=True)
     _save_w2v_extractor(out, return_attention_mask=True)
     return out
