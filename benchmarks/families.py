@@ -138,9 +138,11 @@ def naive(preset: str, folder: Path, clips: list[Path], texts: list[str], out: P
                 import opensmile
 
                 x = _ffmpeg_audio(clip, tmp)
-                y = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
-                                    feature_level=opensmile.FeatureLevel.LowLevelDescriptors
-                                    ).process_signal(x, 16000).to_numpy(np.float32)
+                fs, lv = opensmile.FeatureSet.eGeMAPSv02, opensmile.FeatureLevel
+                y = opensmile.Smile(feature_set=fs, feature_level=lv.LowLevelDescriptors).process_signal(x, 16000)
+                y = y.to_numpy(np.float32)  # and the functionals, as the feature stores them
+                np.save(out / f"{clip.stem}.func.npy", opensmile.Smile(feature_set=fs, feature_level=lv.Functionals)
+                        .process_signal(x, 16000).to_numpy(np.float32))
             else:
                 import librosa
 
@@ -201,7 +203,11 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=24)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--work", default=None, help="work folder (default: a temporary one)")
+    ap.add_argument("--only", default="", help="rerun these presets (comma-separated) and keep the other rows "
+                                               "and the memory table of OUT/families.json")
     args = ap.parse_args()
+    only = [p for p in args.only.split(",") if p]
+    previous = json.loads((Path(args.out) / "families.json").read_text()) if only else None
 
     import shutil
 
@@ -220,6 +226,9 @@ def main() -> None:
     uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     rows_out = []
     for family, preset, hub in FAMILIES:
+        if only and preset not in only:
+            rows_out.append(next(r for r in previous["families"] if r["preset"] == preset))
+            continue
         folder = models / hub if hub else Path("")
         shutil.rmtree(work / "naive" / preset, ignore_errors=True)
         t0 = time.perf_counter()
@@ -239,9 +248,12 @@ def main() -> None:
                          "speedup": naive_s / engine_s})
         print(rows_out[-1], file=sys.stderr)
     mem_model = work / "models-memory"
-    if not (mem_model / Z.HUBERT_ID / "config.json").exists():
-        Z.make_tiny_hubert(mem_model, conv_channels=512)  # the feature encoder's real width: its memory is real
-    mem = memory(mem_model / Z.HUBERT_ID)
+    if previous is not None:
+        mem = previous["memory"]
+    else:
+        if not (mem_model / Z.HUBERT_ID / "config.json").exists():
+            Z.make_tiny_hubert(mem_model, conv_channels=512)  # the feature encoder's real width: its memory is real
+        mem = memory(mem_model / Z.HUBERT_ID)
     uptime_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
     table = ["| family | preset | naive clips/s | naive rows/s | engine clips/s | engine rows/s | speedup |",
@@ -254,11 +266,15 @@ def main() -> None:
     for m in mem:
         table.append(f"| {m['mode']} | {m['minutes']:g} | {m['rows']} | {m['rss_before_mib']:.0f} "
                      f"| {m['peak_rss_mib']:.0f} | {m['peak_over_before_mib']:.0f} |")
-    table += ["", f"{len(clips)} clips, one run each, {os.cpu_count()} CPUs.",
-              f"uptime before: `{uptime_before}`", f"uptime after: `{uptime_after}`"]
+    table += ["", f"{len(clips)} clips, one run each, {os.cpu_count()} CPUs."]
+    if previous is not None:
+        table += [f"Rows other than {', '.join(only)} and the memory table: the run before (uptime before "
+                  f"`{previous['uptime_before']}`, after `{previous['uptime_after']}`)."]
+    table += [f"uptime before: `{uptime_before}`", f"uptime after: `{uptime_after}`"]
     text = "\n".join(table)
     print(text)
     res = {"families": rows_out, "memory": mem, "uptime_before": uptime_before, "uptime_after": uptime_after,
+           "rerun": only, "previous_uptime": [previous["uptime_before"], previous["uptime_after"]] if previous else None,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = Path(args.out)
