@@ -14,21 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from clmer_features.errors import StoreError
-from clmer_features.extractors.base import (
-    ClipOutput, DecodedClip, Extractor, ExtractorConfig, RunInputs, param, register,
-)
+from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, ExtractorConfig, param, register
+from clmer_features.extractors.text_source import TextFromManifestOrAsr
 from clmer_features.models import ensure_offline, folder_state, prove_loaded, quiet_transformers, require_files, weights_digest
 from clmer_features.spec import FeatureSpec
 
 
 # Tensors of a bert-base-uncased checkpoint that BertModel has no place for (pre-training heads).
 BERT_HEADS = ("cls.*",)
-
-
-def _has_text(row: dict[str, Any]) -> bool:
-    t = row.get("text")
-    return isinstance(t, str) and bool(t.strip())
 
 
 @dataclass(frozen=True)
@@ -40,14 +33,13 @@ class BertConfig(ExtractorConfig):
 
 
 @register
-class BertExtractor(Extractor):
+class BertExtractor(TextFromManifestOrAsr, Extractor):
     name = "bert"
     family = "text"
     input = "text"
     Config = BertConfig
     default_model = "bert-base-uncased"
     format_version = 1
-    requires = ("asr",)  # transcripts, for rows without manifest text
     output = "[tokens, hidden] last hidden state + pooled [hidden]"
 
     def __init__(self, model_dir: Path | None, config: BertConfig | None = None, device: str = "cpu",
@@ -56,60 +48,8 @@ class BertExtractor(Extractor):
         self.max_length = self.config.max_length
         self.pooled_kind = self.config.pooled
         self.text_batch = self.config.text_batch
-        self.text_source = "manifest"
-        self._inputs: RunInputs | None = None
-        self._transcripts: dict[str, str] | None = None
         self.model: Any = None
         self.tokenizer: Any = None
-
-    # --- where the text comes from --------------------------------------------
-    def bind(self, inputs: RunInputs) -> None:
-        """The text source: the manifest when every row of the store's manifest snapshot has
-        text, else also the transcripts of the ``asr`` spec handed over (read from the store
-        when first needed, so after asr has run)."""
-        self._inputs, self._transcripts = inputs, None
-        clips = inputs.store().clips()
-        rows = clips.select("text").to_dicts() if clips is not None and "text" in clips.columns else []
-        asr_spec = inputs.spec_of("asr")
-        if all(_has_text(r) for r in rows) or asr_spec is None:
-            self.text_source = "manifest"
-        else:
-            self.text_source = f"manifest|asr:{asr_spec.spec_id}"
-
-    @property
-    def uses_asr(self) -> bool:
-        return "asr:" in self.text_source
-
-    @property
-    def transcripts(self) -> dict[str, str]:
-        """media clip key -> transcript (of the asr spec in ``text_source``), read once per bind."""
-        if self._transcripts is None:
-            self._transcripts = {}
-            spec = self._inputs.spec_of("asr") if (self._inputs is not None and self.uses_asr) else None
-            if spec is not None:
-                try:
-                    rec = self._inputs.store().feature("asr", spec=spec).records()
-                except StoreError:
-                    rec = None
-                if rec is not None and "text" in rec.columns:
-                    self._transcripts = {k: (t or "") for k, t in rec.select("clip_key", "text").iter_rows()}
-        return self._transcripts
-
-    def text_of(self, clip: DecodedClip) -> str | None:
-        if _has_text(clip.row):
-            return str(clip.row["text"])
-        if self.uses_asr:
-            t = self.transcripts.get(clip.keys.get("media", ""))
-            return t if t and t.strip() else None
-        return None
-
-    def missing_input(self, clip: DecodedClip) -> tuple[str, str] | None:
-        if self.text_of(clip) is not None:
-            return None
-        if self.uses_asr and clip.keys.get("media") in self.transcripts:
-            return ("absent", "the ASR transcript is empty")
-        how = "and no ASR transcript" if self.uses_asr else "(run asr to transcribe it)"
-        return ("absent", f"no text in the manifest {how}")
 
     # --- spec and model ----------------------------------------------------------
     def spec(self) -> FeatureSpec:

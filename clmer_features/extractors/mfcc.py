@@ -15,7 +15,6 @@ of 40 mel bands. The librosa version goes into the spec.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np

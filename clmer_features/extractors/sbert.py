@@ -27,7 +27,7 @@ import numpy as np
 from clmer_features.errors import ModelNotFoundError
 from clmer_features.extractors import hf_common as H
 from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, ExtractorConfig, param, register
-from clmer_features.extractors.hf_text import TextFromManifestOrAsr
+from clmer_features.extractors.text_source import TextFromManifestOrAsr
 from clmer_features.spec import FeatureSpec
 
 ST = "sentence_transformers.models."
