@@ -280,7 +280,7 @@ def run_task(feature: str, ext: Extractor, keys: dict[str, str], part: Any, clip
             stats.failed += 1
             continue
         if out.record is not None:
-            part.add_record(key, c.clip_id, out.record, values=out.values)
+            part.add_record(key, c.clip_id, out.record, values=out.values, times=out.times)
         else:
             part.add(key, c.clip_id, out.values, times=out.times, pooled=out.pooled)
         stats.done += 1

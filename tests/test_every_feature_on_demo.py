@@ -42,7 +42,11 @@ def test_every_feature_on_the_demo_set_locally_and_on_two_workers(tmp_path, monk
     for name in features:
         a, b = local.feature(name), dask.feature(name)
         assert a.spec.spec_id == b.spec.spec_id, name
-        assert sorted(a.clip_ids) == sorted(b.clip_ids) and a.clip_ids, name
+        assert sorted(a.clip_ids) == sorted(b.clip_ids), name
+        if name == "faces":  # the demo's video is a test pattern: no face, every clip absent (ledger below)
+            assert not a.clip_ids and set(a.failures()["kind"]) == {"absent"}
+            continue
+        assert a.clip_ids, name
         assert a.provenance["model"] == b.provenance["model"], name
         if get_extractor(name).family == "asr":
             assert a.records().sort("clip_id").equals(b.records().sort("clip_id")), name

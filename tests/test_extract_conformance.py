@@ -24,7 +24,18 @@ def zoo(tmp_path_factory):
 
 
 def clips_for(cls, media) -> list[DecodedClip]:
-    """Three clips of different sizes with the extractor's input."""
+    """Three clips of different sizes with the extractor's input (faces: real faces)."""
+    if cls.name == "faces":
+        from clmer_features.testing_faces import make_face_video
+
+        req = cls(None).frame_request()
+        out = []
+        for kind, seconds in (("pan_zoom", 4.0), ("leaves", 6.0), ("pan_zoom", 2.0)):
+            path = make_face_video(media["av"].parent / f"faces-{kind}-{seconds:g}.mp4", kind, seconds=seconds,
+                                   fps=5).path
+            r = decode_clip(DecodeJob(path.stem, str(path), None, None, (req,), False))
+            out.append(DecodedClip(path.stem, {"media": path.stem}, {}, frames=r.frames, duration=r.duration))
+        return out
     if cls.input == "text":
         return [DecodedClip(f"t{i}", {"text": f"t{i}"}, {"text": t}, text=t) for i, t in enumerate(TEXTS)]
     req = cls(None).frame_request() if cls.input == "video" else None

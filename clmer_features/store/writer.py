@@ -147,9 +147,10 @@ class PartWriter:
         b.times.append(times)
         b.pooled.append(None if pooled is None else np.asarray(pooled).reshape(-1))
 
-    def add_record(self, clip_key: str, clip_id: str, record: dict[str, Any], values: np.ndarray | None = None) -> None:
-        """Add a table row (e.g. a transcript) for a clip; the clip counts as done."""
-        self.add(clip_key, clip_id, values)
+    def add_record(self, clip_key: str, clip_id: str, record: dict[str, Any], values: np.ndarray | None = None,
+                   times: np.ndarray | None = None) -> None:
+        """Add a table row (e.g. a transcript) for a clip, with its rows if any; the clip counts as done."""
+        self.add(clip_key, clip_id, values, times=times)
         self._b.records.append({"clip_key": clip_key, "clip_id": clip_id, **record})
 
     def fail(self, clip_key: str, clip_id: str, stage: str, error: str, message: str, kind: str = "error") -> None:

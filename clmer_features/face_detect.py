@@ -1,0 +1,199 @@
+"""Faces in frames: detect, keep the clip's main person, align by landmarks.
+
+The detector is dlib's (the ``dlib-bin`` wheel): its frontal-face HOG detector
+is compiled into the library, and the 5-point landmark model and the face
+descriptor model come from the ``face-recognition-models`` package, so nothing
+is downloaded. dlib reads its own ``.dat`` format (no pickle); the sha256 of
+each file goes into the ``faces`` spec.
+
+- :meth:`FaceDetector.detect`: every face of a frame: box ``(x0, y0, x1, y1)``
+  in frame pixels, 5 landmarks (the two corners of each eye, the bottom of the
+  nose; dlib's order), the detector's score.
+- :func:`main_track`: which face of each frame is the clip's main person. A
+  clip whose frames never show more than one face keeps each frame's face.
+  Otherwise every face gets dlib's 128-d face descriptor, faces closer than
+  ``identity_threshold`` are one person (dlib's own threshold is 0.6), and the
+  main person is the one whose faces cover the most area over the whole clip:
+  the same person in every frame, not whoever is largest in each.
+- :meth:`FaceDetector.align`: the aligned crop (``dlib.get_face_chip``: a
+  similarity transform from the 5 landmarks that puts the eyes on one level at
+  fixed places; ``padding`` is the margin around the face, as a fraction).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from clmer_features.errors import ModelNotFoundError
+
+LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
+DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+
+
+def models_folder() -> Path:
+    """The ``face_recognition_models`` package's model folder (found without importing it: its
+    ``__init__`` needs setuptools' pkg_resources)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError("faces needs the face-recognition-models package (pip install clmer[extract])")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "models"
+    for name in (LANDMARKS_FILE, DESCRIPTOR_FILE):
+        if not (folder / name).is_file():
+            raise ModelNotFoundError(f"{folder}: face-recognition-models lacks {name}; reinstall it")
+    return folder
+
+
+@lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    st = path.stat()
+    return _sha256(str(path), st.st_size, st.st_mtime_ns)
+
+
+def weights_digest() -> str:
+    """sha256 (16 hex) over the two weight files the detector uses, by name."""
+    folder = models_folder()
+    h = hashlib.sha256()
+    for name in (LANDMARKS_FILE, DESCRIPTOR_FILE):
+        h.update(f"{name}:{file_digest(folder / name)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def dlib_version() -> str:
+    try:
+        return version("dlib-bin")
+    except PackageNotFoundError:
+        import dlib
+
+        return str(dlib.__version__)
+
+
+@dataclass
+class Face:
+    """One detected face: box (x0, y0, x1, y1) and landmarks [5, 2] in frame pixels, detector score."""
+
+    box: np.ndarray
+    landmarks: np.ndarray
+    score: float
+    shape: Any = None  # dlib.full_object_detection, for alignment and descriptors
+
+    @property
+    def area(self) -> float:
+        return float(max(self.box[2] - self.box[0], 0) * max(self.box[3] - self.box[1], 0))
+
+    def eye_angle(self) -> float:
+        """Degrees from the image's horizontal to the line from the left eye to the right eye."""
+        return eye_angle(self.landmarks)
+
+
+def eye_angle(landmarks: np.ndarray) -> float:
+    """dlib's 5 points: 0-1 one eye's corners, 2-3 the other's, 4 the nose. Angle of the line between
+    the eye centres, left to right in the image, in degrees (0 = level)."""
+    p = np.asarray(landmarks, np.float64).reshape(5, 2)
+    a, b = p[0:2].mean(axis=0), p[2:4].mean(axis=0)
+    left, right = (a, b) if a[0] <= b[0] else (b, a)
+    return float(np.degrees(np.arctan2(right[1] - left[1], right[0] - left[0])))
+
+
+class FaceDetector:
+    """dlib's HOG detector + 5-point landmarks (+ the face descriptor, loaded when first needed).
+
+    ``upsample``: how many times the frame is doubled before detection (0 finds faces of about
+    80 px and up; each step finds faces half as large, about 4x slower). ``min_score``: the
+    detector's threshold adjustment (0 = dlib's default; higher keeps fewer, surer faces).
+    """
+
+    def __init__(self, upsample: int = 0, min_score: float = 0.0):
+        self.upsample = int(upsample)
+        self.min_score = float(min_score)
+        self._det: Any = None
+        self._shape: Any = None
+        self._desc: Any = None
+
+    def load(self) -> None:
+        if self._det is not None:
+            return
+        import dlib
+
+        folder = models_folder()
+        self._shape = dlib.shape_predictor(str(folder / LANDMARKS_FILE))  # raises on a damaged file
+        self._det = dlib.get_frontal_face_detector()
+
+    def detect(self, frame: np.ndarray) -> list[Face]:
+        """Every face in one RGB uint8 frame [H, W, 3], best score first."""
+        self.load()
+        img = np.ascontiguousarray(frame, dtype=np.uint8)
+        rects, scores, _ = self._det.run(img, self.upsample, self.min_score)
+        faces = []
+        for r, s in zip(rects, scores):
+            shape = self._shape(img, r)
+            pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], np.float32)
+            box = np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], np.float32)
+            faces.append(Face(box=box, landmarks=pts, score=float(s), shape=shape))
+        return sorted(faces, key=lambda f: -f.score)
+
+    def descriptor(self, frame: np.ndarray, face: Face) -> np.ndarray:
+        """dlib's 128-d face descriptor (faces of one person lie within ~0.6 of each other)."""
+        import dlib
+
+        if self._desc is None:
+            self._desc = dlib.face_recognition_model_v1(str(models_folder() / DESCRIPTOR_FILE))
+        img = np.ascontiguousarray(frame, dtype=np.uint8)
+        return np.asarray(self._desc.compute_face_descriptor(img, face.shape), np.float32)
+
+    @staticmethod
+    def align(frame: np.ndarray, face: Face, size: int, padding: float) -> np.ndarray:
+        """The aligned crop [size, size, 3] uint8 (eyes level, at fixed places)."""
+        import dlib
+
+        img = np.ascontiguousarray(frame, dtype=np.uint8)
+        return np.asarray(dlib.get_face_chip(img, face.shape, size=int(size), padding=float(padding)), np.uint8)
+
+
+def main_track(faces: list[list[Face]], describe: Callable[[int, Face], np.ndarray],
+               identity_threshold: float = 0.6) -> list[int | None]:
+    """Per frame, the index of the main person's face in ``faces[frame]`` (None: not in that frame).
+
+    ``describe(frame_index, face)`` gives a face descriptor; it is called only when some frame
+    shows more than one face (see the module doc).
+    """
+    if all(len(fs) <= 1 for fs in faces):
+        return [0 if fs else None for fs in faces]
+    people: list[list[np.ndarray]] = []  # descriptors of each person found so far
+    area: list[float] = []
+    who: list[list[int]] = []
+    for i, fs in enumerate(faces):
+        row = []
+        for f in fs:
+            d = describe(i, f)
+            dist = [float(np.min(np.linalg.norm(np.stack(p) - d, axis=1))) for p in people]
+            k = int(np.argmin(dist)) if dist and min(dist) < identity_threshold else -1
+            if k < 0:
+                people.append([d])
+                area.append(0.0)
+                k = len(people) - 1
+            else:
+                people[k].append(d)
+            area[k] += f.area
+            row.append(k)
+        who.append(row)
+    main = int(np.argmax(area))
+    out: list[int | None] = []
+    for i, row in enumerate(who):
+        mine = [j for j, k in enumerate(row) if k == main]
+        out.append(max(mine, key=lambda j: faces[i][j].area) if mine else None)
+    return out

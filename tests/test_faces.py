@@ -1,0 +1,87 @@
+"""The faces feature on real photographs made into short videos (tiny, a few frames each).
+
+The astronaut's face box was checked by eye on the photograph (clmer_features.testing_faces);
+the videos carry it through each frame's pan and zoom."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clmer_features import testing_faces as F
+from clmer_features.extractors.faces import crops
+from clmer_features.face_detect import FaceDetector, eye_angle, main_track
+
+from _faces_helpers import extract, record, videos  # noqa: F401  (fixture)
+
+pytest.importorskip("skimage")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_pan_zoom_finds_the_face_in_every_frame_and_levels_the_eyes(videos, tmp_path):
+    pan = videos["pan"]
+    store = extract(tmp_path, [{"clip_id": "pan", "video": str(pan.path)}], "faces",
+                    "faces.frame_interval=0.1", "faces.size=224")
+    r = store.feature("faces")
+    rows, times, rec = r.get("pan"), r.times("pan"), record(r, "pan")
+    assert rows.dtype == np.uint8 and rows.shape == (20, 224 * 224 * 3)
+    assert rec["face"] == [True] * 20 and len(rec["sampled_times"]) == 20
+    ious = [F.iou(np.array(b), pan.at("astronaut", t)) for b, t in zip(rec["boxes"], times)]
+    # dlib's HOG window is square, steps in size by 5/6 and stops above the chin: 0.67-0.86 per frame
+    assert np.mean(ious) >= 0.7 and min(ious) >= 0.65, np.round(ious, 2)
+    # the photograph's eyes are ~4 degrees off level; in every aligned crop they are level
+    assert np.mean([abs(eye_angle(np.array(lm))) for lm in rec["landmarks"]]) > 2.0
+    det = FaceDetector()
+    for img in crops(rows, 224):
+        again = det.detect(img)
+        assert len(again) == 1
+        assert abs(again[0].eye_angle()) < 2.0, again[0].eye_angle()
+
+
+def test_two_faces_the_track_stays_on_one_person(videos, tmp_path):
+    two = videos["two"]
+    area = {k: np.prod(b[:, 2:] - b[:, :2], axis=1) for k, b in two.boxes.items()}
+    assert area["hopper"][0] > area["astronaut"][0] and area["astronaut"][-1] > area["hopper"][-1]  # largest changes
+    store = extract(tmp_path, [{"clip_id": "two", "video": str(two.path)}], "faces", "faces.frame_interval=0.2")
+    r = store.feature("faces")
+    rec, times = record(r, "two"), r.times("two")
+    assert rec["faces_seen"] == [2] * 10 and rec["face"] == [True] * 10
+    person = {k: [F.iou(np.array(b), two.at(k, t)) for b, t in zip(rec["boxes"], times)] for k in two.boxes}
+    same = [k for k, v in person.items() if min(v) >= 0.5]
+    assert len(same) == 1, {k: np.round(v, 2) for k, v in person.items()}
+    # the main person is the one whose faces cover most of the clip: the astronaut here
+    assert same == ["astronaut"]
+
+
+def test_main_track_follows_identity_not_size():
+    class FakeFace:
+        def __init__(self, area, who):
+            self.area, self.who = area, who
+
+    frames = [[FakeFace(100, "a"), FakeFace(50, "b")], [FakeFace(40, "b"), FakeFace(60, "a")],
+              [FakeFace(70, "b")], [FakeFace(90, "a")]]
+    emb = {"a": np.zeros(4, np.float32), "b": np.ones(4, np.float32)}
+    pick = main_track(frames, lambda i, f: emb[f.who])
+    assert [frames[i][j].who if j is not None else None for i, j in enumerate(pick)] == ["a", "a", None, "a"]
+    assert main_track([[FakeFace(1, "a")], [], [FakeFace(1, "b")]], lambda i, f: 1 / 0) == [0, None, 0]
+
+
+def test_frames_without_a_face_are_recorded_and_a_clip_without_any_is_absent(videos, tmp_path):
+    store = extract(tmp_path, [{"clip_id": "leaves", "video": str(videos["leaves"].path)},
+                               {"clip_id": "none", "video": str(videos["none"])}], "faces",
+                    "faces.frame_interval=0.1")
+    r = store.feature("faces")
+    rec = record(r, "leaves")
+    assert rec["face"] == [True] * 5 + [False] * 5
+    assert len(r.get("leaves")) == 5 and list(r.times("leaves")) == pytest.approx(rec["sampled_times"][:5])
+    assert "none" not in r
+    led = store.ledger().filter(store.ledger()["feature"] == "faces")
+    assert led.select("clip_id", "kind").rows() == [("none", "absent")]
+
+
+def test_faces_spec_names_the_detector_weights_and_changes_with_its_parameters():
+    from clmer_features.extractors.faces import FacesExtractor
+
+    a, b = FacesExtractor(), FacesExtractor(size=224)
+    assert a.spec().weights_digest and a.spec().params["dtype"] == "uint8"
+    assert a.spec().spec_id != b.spec().spec_id
+    assert FacesExtractor(frame_interval=1.0).spec().spec_id != a.spec().spec_id
