@@ -93,15 +93,24 @@ def _extractor_class(name: str) -> type[Extractor]:
         raise ClmerError(str(exc.args[0])) from None
 
 
-def phases(features: Iterable[str]) -> list[list[str]]:
-    """The asked features (deduplicated) in phases: each feature after every feature it
-    ``requires`` that is also asked for; within a phase, in the order asked. A cycle raises."""
+def _asked(features: Iterable[str]) -> list[str]:
     asked: list[str] = []
     for f in features:
         f = f.strip()
         if f and f not in asked:
             asked.append(f)
-    deps = {f: [r for r in _extractor_class(f).requires if r in asked and r != f] for f in asked}
+    return asked
+
+
+def phases(features: Iterable[str], extractors: Mapping[str, Extractor] | None = None) -> list[list[str]]:
+    """The asked features (deduplicated) in phases: each feature after every feature it
+    ``requires`` that is also asked for; within a phase, in the order asked. A cycle raises.
+    ``extractors``: built extractors, whose own ``requires`` count (a parameter may add one:
+    ``clip.input=faces`` requires faces); else each class's."""
+    asked = _asked(features)
+    req = {f: (extractors[f].requires if extractors and f in extractors else _extractor_class(f).requires)
+           for f in asked}
+    deps = {f: [r for r in req[f] if r in asked and r != f] for f in asked}
     out: list[list[str]] = []
     placed: set[str] = set()
     while len(placed) < len(asked):
@@ -163,14 +172,15 @@ def extract(
     ensure_offline()
     t_run = time.perf_counter()
     m = _load_manifest(manifest, dataset)
-    order = phases(features)
-    names = [n for phase in order for n in phase]
-    if not names:
+    asked = _asked(features)
+    if not asked:
         raise ClmerError("no features asked for (e.g. --features siglip,bert)")
     if batch_size < 1 or partition_size < 1:
         raise ClmerError("--batch-size and the partition size must be >= 1")
     dev = resolve_device(device) if runner is None else device  # a runner's workers own the device
-    extractors = build_extractors(names, models_dir, model_overrides, dev, params)
+    extractors = build_extractors(asked, models_dir, model_overrides, dev, params)
+    order = phases(asked, extractors)
+    names = [n for phase in order for n in phase]
     store = open_store(cache_dir, m.dataset, create=True)
     store.write_clips(m)
     rows = m.rows()

@@ -47,7 +47,7 @@ def test_bad_param_is_one_line_before_anything_runs(tmp_path) -> None:
     base = ["extract", str(man), "-f", "siglip,bert", "--cache", str(tmp_path / "c"), "--no-progress"]
     r = CliRunner().invoke(cli, base + ["--param", "siglip.frame_intrval=1"])
     assert isinstance(r.exception, ParameterError)
-    assert str(r.exception) == "siglip: unknown parameter 'frame_intrval' (parameters: frame_interval, frame_batch)"
+    assert str(r.exception) == "siglip: unknown parameter 'frame_intrval' (parameters: frame_interval, input, frame_batch)"
     r = CliRunner().invoke(cli, base + ["--param", "bert.pooled=max"])
     assert str(r.exception) == "bert.pooled: expected \"cls\" or \"pooler\", got 'max'"
     r = CliRunner().invoke(cli, base + ["--param", "asr.beam_size=2"])

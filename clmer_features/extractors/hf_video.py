@@ -6,7 +6,8 @@ many equal segments of the clip (MERTools samples 16 frames uniformly and
 feeds them as one clip); consecutive groups of ``frame_count`` frames make
 ``clip_count`` model inputs (MERTools' "sunlicai" option is 2 clips of 16).
 ``frame_count`` must equal the checkpoint's ``num_frames`` (its position
-embeddings are fixed).
+embeddings are fixed). ``input=faces`` takes those frames evenly spread over
+the aligned face crops the ``faces`` feature cached (see ``face_input.py``).
 
 Rows (``rows``): ``tubelets`` averages the patch tokens of each temporal
 position (``num_frames / tubelet_size`` rows per clip, 8 for VideoMAE - MERTools'
@@ -29,6 +30,7 @@ from clmer_features.extractors import hf_common as H
 from clmer_features.extractors.base import (
     ClipOutput, DecodedClip, Extractor, ExtractorConfig, FrameRequest, param,
 )
+from clmer_features.extractors.face_input import INPUT_HELP, INPUTS, FaceInput
 from clmer_features.spec import FeatureSpec
 
 
@@ -39,10 +41,11 @@ class VideoClipsConfig(ExtractorConfig):
     rows: str = param("tubelets", "rows kept: the mean patch token per tubelet step, or one row per input",
                       choices=("tubelets", "clip"))
     layer: str = param("last", H.LAYER_HELP)
+    input: str = param("frames", INPUT_HELP, choices=INPUTS)
     clip_batch: int = param(4, "model inputs per forward pass", spec=False, minimum=1)
 
 
-class VideoClipsExtractor(Extractor):
+class VideoClipsExtractor(FaceInput, Extractor):
     """Any VideoMAE-style video encoder; a feature is a preset of it (``presets.py``)."""
 
     name = "hf_video"
@@ -58,12 +61,23 @@ class VideoClipsExtractor(Extractor):
         self.layer = H.check_layer(self.name, self.config.layer)
         self.model: Any = None
         self.processor: Any = None
+        self.setup_faces(self.config.input)
 
-    def frame_request(self) -> FrameRequest:
-        return FrameRequest.segments(self.config.frame_count * self.config.clip_count)
+    def frame_request(self) -> FrameRequest | None:
+        return None if self.uses_faces else FrameRequest.segments(self.config.frame_count * self.config.clip_count)
+
+    def missing_input(self, clip: DecodedClip) -> tuple[str, str] | None:
+        return self.missing_faces(clip) if self.uses_faces else super().missing_input(clip)
 
     def spec(self) -> FeatureSpec:
-        return H.family_spec(self, {**self.config.spec_params(), "layer": self.layer})
+        params = self.faces_spec_params(self.config.spec_params(), ())
+        return H.family_spec(self, {**params, "layer": self.layer})
+
+    def frames_of(self, clip: DecodedClip) -> tuple[np.ndarray, np.ndarray]:
+        """The clip's frame_count x clip_count images and their times."""
+        if self.uses_faces:
+            return self.face_frames(clip, self.config.frame_count * self.config.clip_count)
+        return clip.frames[self.frame_request()]
 
     def load(self) -> None:
         if self.model is not None:
@@ -108,18 +122,19 @@ class VideoClipsExtractor(Extractor):
         return np.asarray(times, np.float64).reshape(-1, per).mean(axis=1).astype(np.float32)
 
     def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
-        req, n = self.frame_request(), self.config.frame_count
+        n, need = self.config.frame_count, self.config.frame_count * self.config.clip_count
         results: list[ClipOutput | Exception] = []
         inputs: list[np.ndarray] = []
         owners: list[int] = []
+        times_of: dict[int, np.ndarray] = {}
         for i, c in enumerate(clips):
             missing = self.missing_input(c)
             if missing:
                 results.append(ValueError(f"{c.clip_id}: no frames ({missing[0]}: {missing[1]})"))
                 continue
-            frames = c.frames[req][0]
-            if len(frames) != req.count:
-                results.append(ValueError(f"{c.clip_id}: {len(frames)} frames decoded, {req.count} needed"))
+            frames, times_of[i] = self.frames_of(c)
+            if len(frames) != need:
+                results.append(ValueError(f"{c.clip_id}: {len(frames)} frames decoded, {need} needed"))
                 continue
             results.append(ClipOutput())
             for k in range(self.config.clip_count):
@@ -130,6 +145,6 @@ class VideoClipsExtractor(Extractor):
         rows = self.embed_inputs(inputs)
         for i in dict.fromkeys(owners):
             values = np.concatenate([r for r, o in zip(rows, owners) if o == i], axis=0)
-            results[i] = ClipOutput(values=values, times=self._times(clips[i].frames[req][1]),
+            results[i] = ClipOutput(values=values, times=None if times_of[i] is None else self._times(times_of[i]),
                                     pooled=H.mean_rows(values))
         return results

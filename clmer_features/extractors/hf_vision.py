@@ -15,10 +15,11 @@ vector, chosen by ``output``:
 Frames: one every ``frame_interval`` seconds (default 2 s, the same frames
 siglip uses, so a run decodes them once for both), or, when ``frame_count`` is
 set, the middle frames of that many equal segments of the clip (MERTools'
-DINOv2 takes 64 evenly spread frames). MERTools feeds every frame of
-OpenFace-aligned face crops; this family sees the frames the engine decodes
-(issue 17 brings face crops). Rows carry their timestamps; the pooled vector
-is the mean over frames (MERTools' ``-UTT``).
+DINOv2 takes 64 evenly spread frames). MERTools feeds OpenFace-aligned face
+crops: ``input=faces`` reads the aligned crops the ``faces`` feature cached
+instead (all of them, or ``frame_count`` evenly spread; see ``face_input.py``).
+Rows carry their timestamps; the pooled vector is the mean over frames
+(MERTools' ``-UTT``).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from clmer_features.extractors import hf_common as H
 from clmer_features.extractors.base import (
     ClipOutput, DecodedClip, Extractor, ExtractorConfig, FrameRequest, param,
 )
+from clmer_features.extractors.face_input import INPUT_HELP, INPUTS, FaceInput
 from clmer_features.spec import FeatureSpec
 
 OUTPUTS = ("image_features", "pooler", "cls", "mean", "sum")
@@ -46,10 +48,11 @@ class VisionFramesConfig(ExtractorConfig):
     output: str = param("pooler", "the vector kept per frame: projected image embedding, the tower's pooler, "
                         "or the CLS row / mean / sum of the layer's tokens", choices=OUTPUTS)
     layer: str = param("last", H.LAYER_HELP)
+    input: str = param("frames", INPUT_HELP, choices=INPUTS)
     frame_batch: int = param(32, "frames per forward pass", spec=False, minimum=1)
 
 
-class VisionFramesExtractor(Extractor):
+class VisionFramesExtractor(FaceInput, Extractor):
     """Any transformers image encoder; a feature is a preset of it (``presets.py``)."""
 
     name = "hf_vision"
@@ -68,15 +71,28 @@ class VisionFramesExtractor(Extractor):
                              f"use output=cls, mean or sum with layer={self.layer}")
         self.model: Any = None
         self.processor: Any = None
+        self.setup_faces(self.config.input)
 
-    def frame_request(self) -> FrameRequest:
+    def frame_request(self) -> FrameRequest | None:
         c = self.config
+        if self.uses_faces:
+            return None
         return FrameRequest.segments(c.frame_count) if c.frame_count > 0 else FrameRequest.interval(c.frame_interval)
+
+    def missing_input(self, clip: DecodedClip) -> tuple[str, str] | None:
+        return self.missing_faces(clip) if self.uses_faces else super().missing_input(clip)
 
     def spec(self) -> FeatureSpec:
         params = self.config.spec_params()
         params.pop("frame_interval" if self.config.frame_count > 0 else "frame_count")
+        params = self.faces_spec_params(params, ("frame_interval",))
         return H.family_spec(self, {**params, "layer": self.layer})
+
+    def frames_of(self, clip: DecodedClip) -> tuple[np.ndarray, np.ndarray]:
+        """The images this feature encodes for ``clip`` and their times."""
+        if self.uses_faces:
+            return self.face_frames(clip, self.config.frame_count)
+        return clip.frames[self.frame_request()]
 
     def load(self) -> None:
         if self.model is not None:
@@ -121,22 +137,21 @@ class VisionFramesExtractor(Extractor):
         return np.concatenate(out, axis=0)
 
     def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
-        req = self.frame_request()
         results: list[ClipOutput | Exception] = []
-        ok: list[int] = []
+        ok: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for i, c in enumerate(clips):
             missing = self.missing_input(c)
             results.append(ValueError(f"{c.clip_id}: no frames ({missing[0]}: {missing[1]})") if missing
                            else ClipOutput())
             if not missing:
-                ok.append(i)
+                ok[i] = self.frames_of(c)
         if not ok:
             return results
-        emb = self.embed_frames([f for i in ok for f in clips[i].frames[req][0]])
+        emb = self.embed_frames([f for frames, _ in ok.values() for f in frames])
         pos = 0
-        for i in ok:
-            frames, times = clips[i].frames[req]
+        for i, (frames, times) in ok.items():
             rows = emb[pos:pos + len(frames)]
             pos += len(frames)
-            results[i] = ClipOutput(values=rows, times=np.asarray(times, np.float32), pooled=H.mean_rows(rows))
+            results[i] = ClipOutput(values=rows, times=None if times is None else np.asarray(times, np.float32),
+                                    pooled=H.mean_rows(rows))
         return results

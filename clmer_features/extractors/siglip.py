@@ -6,6 +6,8 @@ equal a direct ``processor(images) -> SiglipVisionModel`` forward (a test
 proves it). The PIL flavour is used always, never the torchvision one, so
 a machine with torchvision gives the same numbers as one without.
 Frames of all clips in a batch go through the model together (fp16 on GPU).
+``input=faces`` encodes the aligned crops the ``faces`` feature cached instead
+of frames (see ``face_input.py``); the default spec is unchanged.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 from clmer_features.extractors.base import (
     ClipOutput, DecodedClip, Extractor, ExtractorConfig, FrameRequest, param, register,
 )
+from clmer_features.extractors.face_input import INPUT_HELP, INPUTS, FaceInput
 from clmer_features.models import ensure_offline, folder_state, prove_loaded, quiet_transformers, require_files, weights_digest
 from clmer_features.spec import FeatureSpec
 
@@ -40,11 +43,12 @@ def load_image_processor(model_dir: Path) -> Any:
 class SiglipConfig(ExtractorConfig):
     frame_interval: float = param(2.0, "seconds between sampled frames (t = 0, interval, 2*interval ...)",
                                   minimum=0.01)
+    input: str = param("frames", INPUT_HELP, choices=INPUTS)
     frame_batch: int = param(64, "frames per forward pass", spec=False, minimum=1)
 
 
 @register
-class SiglipExtractor(Extractor):
+class SiglipExtractor(FaceInput, Extractor):
     name = "siglip"
     family = "vision-frames"
     input = "video"
@@ -60,9 +64,13 @@ class SiglipExtractor(Extractor):
         self.frame_batch = self.config.frame_batch
         self.model: Any = None
         self.processor: Any = None
+        self.setup_faces(self.config.input)
 
-    def frame_request(self) -> FrameRequest:
-        return FrameRequest.interval(self.frame_interval)
+    def frame_request(self) -> FrameRequest | None:
+        return None if self.uses_faces else FrameRequest.interval(self.frame_interval)
+
+    def missing_input(self, clip: DecodedClip) -> tuple[str, str] | None:
+        return self.missing_faces(clip) if self.uses_faces else super().missing_input(clip)
 
     def _preprocess_config(self) -> dict[str, Any]:
         require_files(self.model_dir, ("config.json", "preprocessor_config.json"), self.name)
@@ -79,7 +87,7 @@ class SiglipExtractor(Extractor):
             weights_digest=weights_digest(self.model_dir),
             format_version=self.format_version,
             params={
-                **self.config.spec_params(),
+                **self.faces_spec_params(self.config.spec_params(), ("frame_interval",)),
                 "output": "pooler_output",
                 "preprocess": {"processor": "SiglipImageProcessorPil", **self._preprocess_config()},
             },
@@ -126,20 +134,22 @@ class SiglipExtractor(Extractor):
     def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
         req = self.frame_request()
         results: list[ClipOutput | Exception] = []
-        ok: list[tuple[int, np.ndarray]] = []
+        ok: list[tuple[int, np.ndarray, np.ndarray]] = []
         for i, c in enumerate(clips):
-            if req not in c.frames or len(c.frames[req][0]) == 0:
-                kind, why = c.problems.get("video", ("absent", "no frames decoded"))
-                results.append(ValueError(f"{c.clip_id}: no frames ({kind}: {why})"))
+            missing = self.missing_faces(c) if self.uses_faces else (
+                None if req in c.frames and len(c.frames[req][0]) else
+                c.problems.get("video", ("absent", "no frames decoded")))
+            if missing:
+                results.append(ValueError(f"{c.clip_id}: no frames ({missing[0]}: {missing[1]})"))
             else:
                 results.append(ClipOutput())
-                ok.append((i, c.frames[req][0]))
+                ok.append((i, *(self.face_frames(c) if self.uses_faces else c.frames[req])))
         if not ok:
             return results
-        emb = self.embed_frames([frame for _, f in ok for frame in f])
+        emb = self.embed_frames([frame for _, f, _ in ok for frame in f])
         pos = 0
-        for i, f in ok:
+        for i, f, t in ok:
             n = len(f)
-            results[i] = ClipOutput(values=emb[pos:pos + n], times=clips[i].frames[req][1])
+            results[i] = ClipOutput(values=emb[pos:pos + n], times=t)
             pos += n
         return results
