@@ -61,11 +61,11 @@ def manifest_from(dataset: str, root: str, out: str, keep_missing: bool, relativ
 
 
 @click.command("import")
-@click.argument("fmt", metavar="FORMAT", type=click.Choice(FORMATS))
+@click.argument("fmt", metavar="FORMAT", type=click.Choice((*FORMATS, "openface")))
 @click.argument("source", type=click.Path(exists=True))
 @click.option("-m", "--manifest", required=True, type=click.Path(dir_okay=False, exists=True),
               help="Manifest of the clips (ids are matched to it; its cache keys are used).")
-@click.option("-f", "--feature", required=True, help="Store feature name to create, e.g. openface.")
+@click.option("-f", "--feature", help="Store feature name to create, e.g. openface (openface: always faces).")
 @cache_option
 @click.option("--dataset", help="Dataset name (store folder); default: the manifest file's stem.")
 @click.option("--key", help="HDF5: group to read; MMSA: modality array to read (audio, vision, text).")
@@ -73,15 +73,30 @@ def manifest_from(dataset: str, root: str, out: str, keep_missing: bool, relativ
 @click.option("--model-id", default="", help="Model that made the features, recorded in the spec.")
 @click.option("--input", "input_", type=click.Choice(["media", "text"]), default=None,
               help="Which cache key the feature follows (default: media when the manifest has media, else text).")
-def import_cmd(fmt: str, source: str, manifest: str, feature: str, cache_dir: str, dataset: str | None,
+def import_cmd(fmt: str, source: str, manifest: str, feature: str | None, cache_dir: str, dataset: str | None,
                key: str | None, allow_pickle: bool, model_id: str, input_: str | None) -> None:
     """Import features from SOURCE (a .npy folder, an HDF5 file or an MMSA pickle) into the store.
+
+    `openface` imports OpenFace's aligned faces as the `faces` feature: SOURCE holds one folder
+    per clip id with MERTools' `<clip>.npy` (the aligned faces, BGR) and optionally OpenFace's
+    `<clip>.csv` (times, 68 landmarks, confidence); vision features then read them with
+    `--param clip.input=faces`.
 
     \b
     Example:
       clmer-features import npy feats/openface -m clips.csv -f openface
       clmer-features import mmsa unaligned_39.pkl -m mosei.csv -f covarep --key audio --allow-pickle
+      clmer-features import openface features/openface_face -m clips.csv
     """
+    if fmt == "openface":
+        from clmer_features.interop.openface import import_openface
+
+        if feature not in (None, "faces"):
+            raise click.UsageError("openface imports the faces feature; leave out -f or give -f faces")
+        click.echo(import_openface(source, manifest, cache_dir=cache_dir, dataset=dataset).text())
+        return
+    if not feature:
+        raise click.UsageError("give the feature to create: -f NAME")
     summary = import_features(fmt, source, manifest, feature, cache_dir=cache_dir, dataset=dataset, key=key,
                               allow_pickle=allow_pickle, model_id=model_id, input=input_)
     click.echo(summary.text())
