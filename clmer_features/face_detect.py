@@ -82,6 +82,15 @@ def dlib_version() -> str:
         return str(dlib.__version__)
 
 
+def _load(loader: Callable[[str], Any], path: Path) -> Any:
+    """A dlib model from its own .dat format (no pickle); a damaged file is one clear error."""
+    try:
+        return loader(str(path))
+    except RuntimeError as exc:
+        raise ModelNotFoundError(f"{path}: dlib cannot read it ({str(exc).strip().splitlines()[0]}); "
+                                 f"reinstall face-recognition-models") from None
+
+
 @dataclass
 class Face:
     """One detected face: box (x0, y0, x1, y1) and landmarks [5, 2] in frame pixels, detector score."""
@@ -129,8 +138,7 @@ class FaceDetector:
             return
         import dlib
 
-        folder = models_folder()
-        self._shape = dlib.shape_predictor(str(folder / LANDMARKS_FILE))  # raises on a damaged file
+        self._shape = _load(dlib.shape_predictor, models_folder() / LANDMARKS_FILE)
         self._det = dlib.get_frontal_face_detector()
 
     def detect(self, frame: np.ndarray) -> list[Face]:
@@ -151,7 +159,7 @@ class FaceDetector:
         import dlib
 
         if self._desc is None:
-            self._desc = dlib.face_recognition_model_v1(str(models_folder() / DESCRIPTOR_FILE))
+            self._desc = _load(dlib.face_recognition_model_v1, models_folder() / DESCRIPTOR_FILE)
         img = np.ascontiguousarray(frame, dtype=np.uint8)
         return np.asarray(self._desc.compute_face_descriptor(img, face.shape), np.float32)
 

@@ -85,3 +85,17 @@ def test_faces_spec_names_the_detector_weights_and_changes_with_its_parameters()
     assert a.spec().weights_digest and a.spec().params["dtype"] == "uint8"
     assert a.spec().spec_id != b.spec().spec_id
     assert FacesExtractor(frame_interval=1.0).spec().spec_id != a.spec().spec_id
+
+
+def test_a_damaged_weight_file_is_one_clear_error(tmp_path, monkeypatch):
+    from clmer_features import face_detect as FD
+    from clmer_features.errors import ModelNotFoundError
+
+    real = FD.models_folder()
+    for name in (FD.LANDMARKS_FILE, FD.DESCRIPTOR_FILE):
+        (tmp_path / name).write_bytes((real / name).read_bytes()[:5000])  # truncated
+    monkeypatch.setattr(FD, "models_folder", lambda: tmp_path)
+    with pytest.raises(ModelNotFoundError, match="shape_predictor_5_face_landmarks.dat: dlib cannot read it"):
+        FD.FaceDetector().load()
+    assert FD.weights_digest() != "" and FD.file_digest(tmp_path / FD.LANDMARKS_FILE) != \
+        FD.file_digest(real / FD.LANDMARKS_FILE)  # the spec would name other weights
