@@ -63,6 +63,11 @@ def test_a_vision_feature_on_faces_without_faces_is_one_clear_error(videos, zoo,
 
     assert isinstance(r.exception, ClmerError)  # main() prints it as one line
     assert str(r.exception).startswith("clip.input=faces needs the faces feature: add faces to --features")
+    for size in ("112", "64"):  # two faces specs in the store: which one is the user's to say
+        extract(tmp_path, face_rows(videos)[:1], "faces", f"faces.size={size}", cache="c")
+    r = CliRunner().invoke(cli, ["extract", str(man), "-f", "clip", "--param", "clip.input=faces", "--cache",
+                                 str(tmp_path / "c"), "--models-dir", str(zoo), "--no-progress"])
+    assert isinstance(r.exception, ClmerError) and "the store holds 2 faces specs" in str(r.exception)
 
 
 @pytest.mark.slow

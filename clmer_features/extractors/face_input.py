@@ -54,10 +54,15 @@ class FaceInput:
 
     def faces_spec(self) -> FeatureSpec:
         spec = self._faces_inputs.spec_of("faces") if self._faces_inputs is not None else None
-        if spec is None:
-            raise ClmerError(f"{self.name}.input=faces needs the faces feature: add faces to --features "
-                             f"(-f faces,{self.name}) or extract it into this cache first")
-        return spec
+        if spec is not None:
+            return spec
+        stored = self._faces_inputs.store().specs("faces") if self._faces_inputs is not None else []
+        if len(stored) > 1:
+            raise ClmerError(f"{self.name}.input=faces: the store holds {len(stored)} faces specs "
+                             f"({', '.join(s.spec_id for s in stored)}); add faces to --features with the "
+                             f"parameters of the one to use")
+        raise ClmerError(f"{self.name}.input=faces needs the faces feature: add faces to --features "
+                         f"(-f faces,{self.name}) or extract it into this cache first")
 
     def faces_spec_params(self, params: dict[str, Any], sampling: tuple[str, ...]) -> dict[str, Any]:
         """``params`` for the spec: unchanged for frames; for faces, without the frame-sampling
