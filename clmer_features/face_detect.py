@@ -9,12 +9,14 @@ each file goes into the ``faces`` spec.
 - :meth:`FaceDetector.detect`: every face of a frame: box ``(x0, y0, x1, y1)``
   in frame pixels, 5 landmarks (the two corners of each eye, the bottom of the
   nose; dlib's order), the detector's score.
-- :func:`main_track`: which face of each frame is the clip's main person. A
-  clip whose frames never show more than one face keeps each frame's face.
-  Otherwise every face gets dlib's 128-d face descriptor, faces closer than
-  ``identity_threshold`` are one person (dlib's own threshold is 0.6), and the
-  main person is the one whose faces cover the most area over the whole clip:
-  the same person in every frame, not whoever is largest in each.
+- :func:`main_track`: which face of each frame is the clip's main person.
+  Faces of consecutive sampled frames whose boxes overlap (IoU >= 0.3) are
+  linked into tracklets. When there is more than one tracklet, each gets
+  dlib's 128-d face descriptor (of its largest face: one descriptor per
+  tracklet, not per face), tracklets closer than ``identity_threshold`` are one
+  person (dlib's own threshold is 0.6), and the main person is the one whose
+  faces cover the most area over the whole clip: the same person in every
+  frame, not whoever is largest in each.
 - :meth:`FaceDetector.align`: the aligned crop (``dlib.get_face_chip``: a
   similarity transform from the 5 landmarks that puts the eyes on one level at
   fixed places; ``padding`` is the margin around the face, as a fraction).
@@ -172,36 +174,70 @@ class FaceDetector:
         return np.asarray(dlib.get_face_chip(img, face.shape, size=int(size), padding=float(padding)), np.uint8)
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0])))
+    iy = max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
+    inter = ix * iy
+    union = float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1])) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def tracklets(faces: list[list[Face]], link_iou: float = 0.3) -> list[list[tuple[int, int]]]:
+    """Runs of (frame, face index): a face joins the run whose face in the previous frame overlaps
+    it most (IoU >= ``link_iou``; each run and face taken once, best overlaps first)."""
+    runs: list[list[tuple[int, int]]] = []
+    open_runs: list[int] = []  # runs whose last face is in the previous frame
+    for i, fs in enumerate(faces):
+        pairs = sorted(((box_iou(faces[runs[r][-1][0]][runs[r][-1][1]].box, f.box), r, j)
+                        for r in open_runs for j, f in enumerate(fs)), key=lambda p: -p[0])
+        taken_r: set[int] = set()
+        taken_f: set[int] = set()
+        for v, r, j in pairs:
+            if v < link_iou:
+                break
+            if r not in taken_r and j not in taken_f:
+                runs[r].append((i, j))
+                taken_r.add(r)
+                taken_f.add(j)
+        for j in range(len(fs)):
+            if j not in taken_f:
+                runs.append([(i, j)])
+                taken_r.add(len(runs) - 1)
+        open_runs = sorted(taken_r)
+    return runs
+
+
 def main_track(faces: list[list[Face]], describe: Callable[[int, Face], np.ndarray],
                identity_threshold: float = 0.6) -> list[int | None]:
     """Per frame, the index of the main person's face in ``faces[frame]`` (None: not in that frame).
 
-    ``describe(frame_index, face)`` gives a face descriptor; it is called only when some frame
-    shows more than one face (see the module doc).
+    ``describe(frame_index, face)`` gives a face descriptor; it is called once per tracklet, and
+    only when the clip has more than one (see the module doc).
     """
-    if all(len(fs) <= 1 for fs in faces):
-        return [0 if fs else None for fs in faces]
-    people: list[list[np.ndarray]] = []  # descriptors of each person found so far
-    area: list[float] = []
-    who: list[list[int]] = []
-    for i, fs in enumerate(faces):
-        row = []
-        for f in fs:
-            d = describe(i, f)
+    runs = tracklets(faces)
+    person = [0] * len(runs)
+    if len(runs) > 1:
+        people: list[list[np.ndarray]] = []
+        for r, run in enumerate(runs):
+            i, j = max(run, key=lambda ij: faces[ij[0]][ij[1]].area)
+            d = describe(i, faces[i][j])
             dist = [float(np.min(np.linalg.norm(np.stack(p) - d, axis=1))) for p in people]
             k = int(np.argmin(dist)) if dist and min(dist) < identity_threshold else -1
             if k < 0:
                 people.append([d])
-                area.append(0.0)
                 k = len(people) - 1
             else:
                 people[k].append(d)
-            area[k] += f.area
-            row.append(k)
-        who.append(row)
-    main = int(np.argmax(area))
-    out: list[int | None] = []
-    for i, row in enumerate(who):
-        mine = [j for j, k in enumerate(row) if k == main]
-        out.append(max(mine, key=lambda j: faces[i][j].area) if mine else None)
+            person[r] = k
+    area: dict[int, float] = {}
+    for r, run in enumerate(runs):
+        area[person[r]] = area.get(person[r], 0.0) + sum(faces[i][j].area for i, j in run)
+    main = max(area, key=lambda k: area[k]) if area else 0
+    out: list[int | None] = [None] * len(faces)
+    for r, run in enumerate(runs):
+        if person[r] != main:
+            continue
+        for i, j in run:
+            if out[i] is None or faces[i][j].area > faces[i][out[i]].area:
+                out[i] = j
     return out

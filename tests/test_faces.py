@@ -54,15 +54,27 @@ def test_two_faces_the_track_stays_on_one_person(videos, tmp_path):
 
 def test_main_track_follows_identity_not_size():
     class FakeFace:
-        def __init__(self, area, who):
-            self.area, self.who = area, who
+        def __init__(self, x, size, who):
+            self.box, self.who = np.array([x, 0, x + size, size], np.float32), who
+            self.area = float(size * size)
 
-    frames = [[FakeFace(100, "a"), FakeFace(50, "b")], [FakeFace(40, "b"), FakeFace(60, "a")],
-              [FakeFace(70, "b")], [FakeFace(90, "a")]]
-    emb = {"a": np.zeros(4, np.float32), "b": np.ones(4, np.float32)}
-    pick = main_track(frames, lambda i, f: emb[f.who])
+    calls = []
+
+    def describe(i, f):
+        calls.append(i)
+        return {"a": np.zeros(4, np.float32), "b": np.ones(4, np.float32)}[f.who]
+
+    # a (left) starts largest, b (right) grows past it; a leaves in frame 2 and comes back elsewhere
+    frames = [[FakeFace(0, 10, "a"), FakeFace(50, 6, "b")], [FakeFace(51, 8, "b"), FakeFace(1, 10, "a")],
+              [FakeFace(52, 11, "b")], [FakeFace(90, 10, "a")]]
+    pick = main_track(frames, describe)
     assert [frames[i][j].who if j is not None else None for i, j in enumerate(pick)] == ["a", "a", None, "a"]
-    assert main_track([[FakeFace(1, "a")], [], [FakeFace(1, "b")]], lambda i, f: 1 / 0) == [0, None, 0]
+    assert len(calls) == 3  # one descriptor per tracklet (a, b, a again), not one per face
+    calls.clear()
+    one = [[FakeFace(0, 10, "a")], [FakeFace(1, 10, "a")], [], [FakeFace(2, 10, "a")]]
+    assert main_track(one, describe) == [0, 0, None, 0] and len(calls) == 2  # the gap splits the run
+    calls.clear()
+    assert main_track([[FakeFace(0, 10, "a")], [FakeFace(1, 10, "a")]], describe) == [0, 0] and not calls
 
 
 def test_frames_without_a_face_are_recorded_and_a_clip_without_any_is_absent(videos, tmp_path):

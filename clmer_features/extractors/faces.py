@@ -58,8 +58,8 @@ class FacesConfig(ExtractorConfig):
     upsample: int = param(0, "times each frame is doubled before detection (1 finds faces down to ~40 px, "
                           "about 4x slower)", minimum=0)
     min_score: float = param(0.0, "detector threshold adjustment (0: dlib's default; higher: fewer, surer faces)")
-    identity_threshold: float = param(0.6, "face-descriptor distance under which two faces are one person "
-                                      "(used when a frame shows several faces)", minimum=0.0)
+    identity_threshold: float = param(0.6, "face-descriptor distance under which two tracklets are one person "
+                                      "(used when the clip has several tracklets)", minimum=0.0)
 
 
 @register
@@ -91,7 +91,7 @@ class FacesExtractor(Extractor):
             model_id=f"dlib:frontal_face_detector+{FD.LANDMARKS_FILE}",
             weights_digest=FD.weights_digest(), format_version=self.format_version,
             params={**params, "dtype": "uint8", "dlib": FD.dlib_version(), "align": "dlib.get_face_chip",
-                    "track": "main person by face descriptor (dlib resnet v1) when frames show several faces"},
+                    "track": "main person: IoU>=0.3 tracklets, joined by face descriptor (dlib resnet v1)"},
         )
 
     def provenance(self) -> dict[str, Any]:
