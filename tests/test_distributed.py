@@ -194,7 +194,7 @@ def test_client_killed_mid_run_then_rerun_computes_only_the_rest(client, manifes
     assert proc.returncode == _fault_runner.KILLED, out[-2000:]
     time.sleep(0.5)  # the orphaned workers are gone: nothing writes any more
     [parts_dir] = list(cache.glob("clips/features/siglip/*/parts"))
-    committed = len([p for p in parts_dir.iterdir() if not p.name.startswith(".tmp-")])
+    committed = len([p for p in parts_dir.iterdir() if p.is_dir() and not p.name.startswith(".tmp-")])
     assert 2 <= committed < 10
     assert not (parts_dir.parent / "COMPLETE.json").exists()
 

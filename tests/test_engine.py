@@ -149,7 +149,7 @@ def test_part_names_are_deterministic(tiny_models, manifest, tmp_path):
     for d in ("c1", "c2"):
         extract(manifest, ["siglip"], tmp_path / d, models_dir=tiny_models, device="cpu", progress=False,
                 partition_size=4)
-    parts = [sorted(p.name for p in (tmp_path / d / "clips" / "features" / "siglip").glob("*/parts/*"))
+    parts = [sorted(p.name for p in (tmp_path / d / "clips" / "features" / "siglip").glob("*/parts/p-*"))
              for d in ("c1", "c2")]
     assert parts[0] == parts[1] and len(parts[0]) == 3
     a = open_store(tmp_path / "c1", "clips").feature("siglip")

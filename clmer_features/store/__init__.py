@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
-import zarr
 
 from clmer_features.errors import SpecMismatchError, StoreError
 from clmer_features.spec import FeatureSpec
 from clmer_features.store import layout as L
-from clmer_features.store.reader import FeatureReader, StoreLike
+from clmer_features.store.reader import CorruptDataError, FeatureReader, StoreLike
 from clmer_features.store.writer import FeatureWriter, FinalizeSummary, PartWriter, finalize_feature, part_name
 
 if TYPE_CHECKING:
@@ -26,6 +25,7 @@ __all__ = [
     "open_store",
     "Store",
     "FeatureReader",
+    "CorruptDataError",
     "FeatureWriter",
     "PartWriter",
     "FinalizeSummary",
@@ -95,7 +95,7 @@ class Store(StoreLike):
             for sdir in sorted(fdir.iterdir()):
                 if not (sdir / "zarr.json").exists() or sdir.name.startswith(L.TMP_PREFIX):
                     continue
-                spec = FeatureSpec.from_dict(zarr.open_group(sdir, mode="r").attrs["spec"])
+                spec = FeatureSpec.from_dict(L.node_attrs(sdir)["spec"])
                 complete = sdir / L.COMPLETE_FILE
                 ns = L.read_json(complete).get("finalized_ns", 0) if complete.exists() else 0
                 out.append(StoredSpec(fdir.name, spec, sdir, complete.exists(), ns))
@@ -160,4 +160,8 @@ def open_store(cache_dir: str | os.PathLike[str] | None, dataset: str, create: b
         root.mkdir(parents=True, exist_ok=True)
     elif not root.is_dir():
         raise StoreError(f"no store at {root} (extract features first, or check --cache and --dataset)")
+    if create:
+        L.ensure_dataset(root)
+    elif (root / L.ZARR_JSON).exists():  # format 1 stores have none
+        L.check_format(L.node_attrs(root), root)
     return Store(root.resolve())

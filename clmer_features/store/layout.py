@@ -1,21 +1,35 @@
 """Where things live in a store, and the small file operations every layer shares.
 
 ```
-<cache>/<dataset>/
+<cache>/<dataset>/                    zarr v3 group; attrs: store_format, written_by
   clips.parquet                       manifest snapshot (clip_id, keys, fingerprints, segment, labels)
   ledger.parquet                      failures of every feature (merged by finalize)
   .lock                               flock()ed by finalize: index and ledger rewrites never interleave
   leases/                             partition leases of running extracts (see store/lease.py)
-  features/<feature>/<spec_id>/       zarr v3 group; attrs: spec, input, provenance
-    parts/<part>/                     one writer's clips: values [rows, D] (one uncompressed shard), times [rows],
-                                      pooled [n, D'], index.parquet (clip_key, clip_id, row range),
-                                      PART.json (sizes, CRC-32s) written last, then the folder is renamed
+  features/                           zarr v3 group
+  features/<feature>/                 zarr v3 group; attrs: feature
+  features/<feature>/<spec_id>/       zarr v3 group; attrs: spec, input, provenance, store_format; finalize
+                                      consolidates the metadata of every committed part into its zarr.json
+    parts/                            zarr v3 group
+    parts/<part>/                     zarr v3 group, one writer's clips: values [rows, D] (one uncompressed shard),
+                                      times [rows] and pooled [n, D'] (crc32c codec), index.parquet (clip_key,
+                                      clip_id, row range, CRC-32C of the clip's rows), PART.json (sizes, CRC-32s
+                                      of every file) written last, then the folder is renamed
     parts/.tmp-<part>-<token>/        a part being written (or abandoned by a crash)
     index.parquet                     clip_key -> part, rows (rebuilt by finalize from the parts' own index.parquet)
     records.parquet                   table outputs (e.g. transcripts), merged by finalize
     failures.parquet                  this spec's failures, merged by finalize
-    COMPLETE.json                     written last by finalize (part names, index digest); readers refuse a feature without it
+    COMPLETE.json                     written last by finalize (part names, index digest, store_format,
+                                      written_by); readers refuse a feature without it
 ```
+
+Store formats (``STORE_FORMAT``; a reader refuses a store, feature or part of a newer one):
+1. (no ``store_format`` written) the layout above without the zarr groups above the
+   spec, without the ``parts`` group, consolidated metadata or any per-clip checksum.
+2. every level is a zarr v3 node; per-clip CRC-32C of the values rows in the index,
+   a CRC-32C of each part's whole values in its ``values`` attributes, crc32c codec
+   on ``times`` and ``pooled``.
+Format 1 stores keep reading and resuming: new parts are format 2, old ones stay.
 """
 from __future__ import annotations
 
@@ -29,7 +43,13 @@ from typing import Any
 
 import polars as pl
 
-STORE_FORMAT = 1
+from clmer_features import __version__
+from clmer_features.errors import StoreError
+
+STORE_FORMAT = 2
+FORMAT_KEY = "store_format"  # in the dataset's and spec's zarr attributes, COMPLETE.json and PART.json
+WRITTEN_BY_KEY = "written_by"  # "clmer <version>"
+ZARR_JSON = "zarr.json"
 CLIPS_FILE = "clips.parquet"
 LEDGER_FILE = "ledger.parquet"
 FEATURES_DIR = "features"
@@ -162,3 +182,103 @@ def committed_parts(feature_path: Path) -> list[Path]:
 
 def empty_ledger() -> pl.DataFrame:
     return pl.DataFrame(schema=LEDGER_SCHEMA)
+
+
+# ---------------------------------------------------------------------- format version
+def format_stamp() -> dict[str, Any]:
+    """What every versioned record carries: the store format and the clmer that wrote it."""
+    return {FORMAT_KEY: STORE_FORMAT, WRITTEN_BY_KEY: f"clmer {__version__}"}
+
+
+def format_of(meta: dict[str, Any]) -> int:
+    """The store format a record was written in (format 1 wrote none)."""
+    return int(meta.get(FORMAT_KEY, 1))
+
+
+def check_format(meta: dict[str, Any], where: Path) -> int:
+    """Refuse a record of a newer store format than this clmer reads, in one line."""
+    found = format_of(meta)
+    if found > STORE_FORMAT:
+        by = meta.get(WRITTEN_BY_KEY) or meta.get("clmer_version") or "a newer clmer"
+        raise StoreError(
+            f"{where}: written by {by} in store format {found}; this clmer {__version__} reads store formats "
+            f"up to {STORE_FORMAT}: upgrade clmer (pip install -U clmer) to read it"
+        )
+    return found
+
+
+# ---------------------------------------------------------------------- zarr nodes
+def node_attrs(folder: Path) -> dict[str, Any]:
+    """A zarr v3 node's attributes, read as plain JSON (no zarr import on the hot path,
+    and no parsing of the consolidated metadata a finalized spec carries)."""
+    return read_json(folder / ZARR_JSON).get("attributes", {})
+
+
+def write_group(folder: Path, attrs: dict[str, Any], consolidated: dict[str, Any] | None = None) -> None:
+    """Write (atomically) the ``zarr.json`` of a zarr v3 group."""
+    meta: dict[str, Any] = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
+    if consolidated is not None:
+        meta["consolidated_metadata"] = {"kind": "inline", "must_understand": False, "metadata": consolidated}
+    atomic_write_json(folder / ZARR_JSON, meta)
+
+
+def update_node_attrs(folder: Path, updates: dict[str, Any]) -> None:
+    """Merge ``updates`` into a zarr node's attributes, keeping the rest of its ``zarr.json``."""
+    meta = read_json(folder / ZARR_JSON)
+    meta["attributes"] = {**meta.get("attributes", {}), **updates}
+    atomic_write_json(folder / ZARR_JSON, meta)
+
+
+def ensure_group(folder: Path, attrs: dict[str, Any]) -> None:
+    """Make ``folder`` a zarr v3 group if it is not a zarr node yet (concurrent callers
+    write the same bytes; an existing node is left as it is)."""
+    if not (folder / ZARR_JSON).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_group(folder, attrs)
+
+
+def ensure_dataset(root: Path) -> None:
+    """Make the dataset folder a zarr group stamped with the store format, or refuse one
+    that a newer clmer wrote (a format 1 store gets its group the first time this clmer
+    writes into it)."""
+    if (root / ZARR_JSON).exists():
+        check_format(node_attrs(root), root)
+    else:
+        ensure_group(root, {**format_stamp(), "dataset": root.name})
+
+
+def ensure_hierarchy(root: Path, feature: str) -> None:
+    """The zarr groups above a feature spec: the dataset, ``features`` and the feature."""
+    ensure_dataset(root)
+    ensure_group(root / FEATURES_DIR, {})
+    ensure_group(root / FEATURES_DIR / feature, {"feature": feature})
+
+
+def consolidate_spec(feature_path: Path, parts: list[Path]) -> None:
+    """Write the metadata of ``parts`` (committed parts only) and their arrays into the
+    spec's ``zarr.json``, in the layout zarr-python's ``consolidate_metadata`` writes.
+
+    zarr-python lists a group's folder to find its members and warns about every file
+    that is not a zarr node (index.parquet, COMPLETE.json, PART.json...); with the
+    metadata consolidated, ``zarr.open_group(<spec folder>)`` walks the finalized
+    feature without listing, so without warnings and without the unfinished parts."""
+    nested = {"kind": "inline", "must_understand": False, "metadata": {}}
+    flat: dict[str, Any] = {}
+
+    def add(rel: str, folder: Path) -> None:
+        meta = read_json(folder / ZARR_JSON)
+        if meta.get("node_type") == "group":
+            meta["consolidated_metadata"] = nested
+        flat[rel] = meta
+
+    ensure_group(feature_path / PARTS_DIR, {})
+    add(PARTS_DIR, feature_path / PARTS_DIR)
+    for part in parts:
+        if not (part / ZARR_JSON).exists():
+            continue
+        add(f"{PARTS_DIR}/{part.name}", part)
+        for child in sorted(part.iterdir()):
+            if (child / ZARR_JSON).exists():
+                add(f"{PARTS_DIR}/{part.name}/{child.name}", child)
+    own = read_json(feature_path / ZARR_JSON)
+    write_group(feature_path, own.get("attributes", {}), consolidated=flat)

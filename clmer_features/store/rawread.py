@@ -6,7 +6,8 @@ bytes from the page cache. The store writes values uncompressed with the
 ``bytes`` codec inside one ``sharding_indexed`` shard per part, so a row
 range is a byte range: this module reads it with ``os.preadv`` straight into
 the caller's buffer, using the shard index the zarr v3 sharding spec defines
-(``(offset, nbytes)`` uint64 pairs at the end of the shard, then a crc32c).
+(``(offset, nbytes)`` uint64 pairs at the end of the shard, then its crc32c,
+which ``open`` checks: a truncated or damaged shard fails there, by name).
 
 Anything else (compression, another layout, several shards) is declined:
 ``RawRows.open`` returns None and the caller reads through zarr.
@@ -15,12 +16,21 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 _EMPTY = 2**64 - 1
+
+
+class CorruptShard(Exception):
+    """A shard that is truncated, or whose index does not match its checksum."""
+
+    def __init__(self, path: Path, what: str):
+        super().__init__(f"{path}: {what}")
+        self.path = path
+        self.what = what
 
 
 @dataclass
@@ -30,6 +40,10 @@ class RawRows:
     dtype: np.dtype
     chunk_rows: int
     chunk_offsets: np.ndarray  # byte offset of each inner chunk in the shard (or -1: empty)
+    attrs: dict = field(default_factory=dict)  # the array's zarr attributes
+    contiguous: bool = False  # row r is at byte r * row_bytes (the layout the store writes)
+    _fd: int | None = field(default=None, repr=False)
+    _pid: int = field(default=0, repr=False)
 
     @classmethod
     def open(cls, array_dir: Path) -> "RawRows | None":
@@ -59,20 +73,59 @@ class RawRows:
             return None
         shard = array_dir / sep.join(["c", "0", "0"])
         n_inner = shard_shape[0] // chunk_shape[0]
-        try:
-            size = shard.stat().st_size
-            with open(shard, "rb") as f:
-                f.seek(size - (16 * n_inner + 4))
-                index = np.frombuffer(f.read(16 * n_inner), dtype="<u8").reshape(n_inner, 2)
-        except (OSError, ValueError):
-            return None
         dtype = np.dtype(meta["data_type"]).newbyteorder("<")
         row_bytes = shape[1] * dtype.itemsize
-        offsets = np.where(index[:, 0] == _EMPTY, -1, index[:, 0].astype(np.int64))
-        if ((index[:, 0] != _EMPTY) & (index[:, 1] != chunk_shape[0] * row_bytes)).any():
-            return None
-        return cls(shard, (shape[0], shape[1]), dtype, chunk_shape[0], offsets)
+        try:
+            size = shard.stat().st_size
+        except OSError:
+            return None  # no shard: never written (zarr reads fill values)
+        if size < 16 * n_inner + 4:
+            raise CorruptShard(shard, f"truncated ({size} bytes, shorter than its own index)")
+        with open(shard, "rb") as f:
+            f.seek(size - (16 * n_inner + 4))
+            tail = f.read(16 * n_inner + 4)
+        import google_crc32c
 
+        if google_crc32c.value(tail[:-4]) != int.from_bytes(tail[-4:], "little"):
+            raise CorruptShard(shard, f"truncated or damaged: the shard index does not match its checksum ({size} bytes)")
+        index = np.frombuffer(tail[:-4], dtype="<u8").reshape(n_inner, 2)
+        offsets = np.where(index[:, 0] == _EMPTY, -1, index[:, 0].astype(np.int64))
+        used = index[:, 0] != _EMPTY
+        if (used & (index[:, 1] != chunk_shape[0] * row_bytes)).any():
+            return None
+        if (used & (index[:, 0] + index[:, 1] > size)).any():
+            raise CorruptShard(shard, f"truncated ({size} bytes; its index points past the end)")
+        n_used = -(-shape[0] // chunk_shape[0])
+        chunk_bytes = chunk_shape[0] * row_bytes
+        contiguous = bool(used[:n_used].all() and (offsets[:n_used] == np.arange(n_used) * chunk_bytes).all())
+        return cls(shard, (shape[0], shape[1]), dtype, chunk_shape[0], offsets, meta.get("attributes", {}), contiguous)
+
+    # ------------------------------------------------------------------ file handle
+    @property
+    def fd(self) -> int:
+        """An open descriptor of the shard, kept for later reads (reopened in a forked child)."""
+        if self._fd is None or self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDONLY)
+            self._pid = os.getpid()
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+        self._fd = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_fd"] = None  # a descriptor means nothing in another process
+        return state
+
+    # ------------------------------------------------------------------ reads
     def read(self, start: int, end: int, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``[start, end)``; into ``out`` (C-contiguous, right shape and dtype) when given."""
         n, d = end - start, self.shape[1]
@@ -81,30 +134,33 @@ class RawRows:
         if n <= 0:
             return out
         row_bytes = d * self.dtype.itemsize
-        chunk_bytes = self.chunk_rows * row_bytes
         buf = memoryview(out.reshape(-1).view(np.uint8))
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            done = 0
-            row = start
-            while row < end:
-                k = row // self.chunk_rows
-                if self.chunk_offsets[k] < 0:
-                    stop = min(end, (k + 1) * self.chunk_rows)
-                    out[row - start : stop - start] = 0  # never written: zarr's fill value
-                else:
-                    # extend over following chunks that lie right after this one in the shard
-                    last = k
-                    while (last + 1) * self.chunk_rows < end and self.chunk_offsets[last + 1] == self.chunk_offsets[last] + chunk_bytes:
-                        last += 1
-                    stop = min(end, (last + 1) * self.chunk_rows)
-                    nbytes = (stop - row) * row_bytes
-                    pos = int(self.chunk_offsets[k]) + (row - k * self.chunk_rows) * row_bytes
-                    got = os.preadv(fd, [buf[done : done + nbytes]], pos)
-                    if got != nbytes:
-                        raise OSError(f"{self.path}: short read ({got} of {nbytes} bytes at {pos}); run `clmer-features verify`")
-                done += (stop - row) * row_bytes
-                row = stop
-        finally:
-            os.close(fd)
+        if self.contiguous:
+            nbytes = n * row_bytes
+            got = os.preadv(self.fd, [buf], start * row_bytes)
+            if got != nbytes:
+                raise CorruptShard(self.path, f"truncated (read {got} of {nbytes} bytes at {start * row_bytes})")
+            return out
+        chunk_bytes = self.chunk_rows * row_bytes
+        fd = self.fd
+        done = 0
+        row = start
+        while row < end:
+            k = row // self.chunk_rows
+            if self.chunk_offsets[k] < 0:
+                stop = min(end, (k + 1) * self.chunk_rows)
+                out[row - start : stop - start] = 0  # never written: zarr's fill value
+            else:
+                # extend over following chunks that lie right after this one in the shard
+                last = k
+                while (last + 1) * self.chunk_rows < end and self.chunk_offsets[last + 1] == self.chunk_offsets[last] + chunk_bytes:
+                    last += 1
+                stop = min(end, (last + 1) * self.chunk_rows)
+                nbytes = (stop - row) * row_bytes
+                pos = int(self.chunk_offsets[k]) + (row - k * self.chunk_rows) * row_bytes
+                got = os.preadv(fd, [buf[done : done + nbytes]], pos)
+                if got != nbytes:
+                    raise CorruptShard(self.path, f"truncated (read {got} of {nbytes} bytes at {pos})")
+            done += (stop - row) * row_bytes
+            row = stop
         return out

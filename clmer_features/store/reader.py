@@ -1,34 +1,69 @@
-"""Reading features: batched, whole-shard reads sliced in numpy.
+"""Reading features: batched reads straight into the result, every byte checked.
 
 ``arr[a:b]`` costs about a millisecond per call in zarr-python 3.1, so a reader
-that asks zarr once per clip spends a second per thousand clips. Here every
-multi-clip read groups the clips by part and reads each part's rows once.
+that asks zarr once per clip spends a second per thousand clips. Here a
+multi-clip read finds its clips with one dictionary and numpy, groups clips
+that lie next to each other in a part into one read, and reads values with
+``os.preadv`` into the result (``rawread``).
+
+Integrity: every read checks what it touched. Format 2 parts carry a CRC-32C
+of each clip's rows (in the index) and of each part's whole values (in its
+attributes): a read of a whole part checks the one, a read of some clips checks
+theirs; ``times`` and ``pooled`` carry zarr's crc32c codec. Format 1 parts have
+no per-clip checksum: the first read that touches one checks its array files
+whole against the sizes and CRC-32s its ``PART.json`` recorded, once per reader.
+A mismatch raises ``CorruptDataError`` naming the file, feature, part and clip.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
+import google_crc32c
 import numpy as np
 import polars as pl
-import zarr
 
 from clmer_features.errors import StoreError
 from clmer_features.spec import FeatureSpec
 from clmer_features.store import layout as L
-from clmer_features.store.rawread import RawRows
+from clmer_features.store.rawread import CorruptShard, RawRows
 
 Pooling = Literal["mean", "max", "model"]
+_OPEN_FILES = 128  # shard descriptors a reader keeps open (least recently used are closed)
+_ARRAYS = ("values", "times", "pooled")
 
 
-@dataclass(frozen=True)
-class _Loc:
-    part: str
-    start: int
-    end: int
-    item: int
+class CorruptDataError(StoreError):
+    """Stored bytes that do not match their checksum (a flipped bit, a truncated file)."""
+
+
+@dataclass
+class _Table:
+    """The index as numpy: one entry per clip of the current manifest, in manifest order."""
+
+    ids: list[str]
+    pos: dict[str, int]
+    part: np.ndarray  # int64, into ``names``
+    start: np.ndarray  # int64
+    end: np.ndarray  # int64
+    crc: np.ndarray  # uint32, 0 where there is none
+    has_crc: np.ndarray  # bool: False for the clips of format 1 parts
+    item: np.ndarray  # int64, row of the clip's pooled vector
+    names: list[str]
+
+
+@dataclass
+class _Part:
+    name: str
+    dir: Path
+    raw: RawRows | None = None
+    rows: int = 0
+    whole_crc: int | None = None  # CRC-32C of all its values (format 2)
+    legacy_checked: bool = False
+    arrays: dict[str, object] = field(default_factory=dict)
 
 
 class FeatureReader:
@@ -44,46 +79,68 @@ class FeatureReader:
                 "an extraction is running or crashed: rerun `clmer-features extract` to finish it"
             )
         self.complete = L.read_json(complete)
-        attrs = zarr.open_group(self.dir, mode="r").attrs.asdict()
+        self.format = L.check_format(self.complete, complete)
+        attrs = L.node_attrs(self.dir)
         self.spec = FeatureSpec.from_dict(attrs["spec"])
         self.input: str = attrs.get("input", "media")
         self.provenance = attrs.get("provenance", {})
-        self._arrays: dict[tuple[str, str], zarr.Array | None] = {}
-        self._raws: dict[str, RawRows | None] = {}
+        self._parts: dict[str, _Part] = {}
+        self._open: OrderedDict[str, RawRows] = OrderedDict()
 
     # ------------------------------------------------------------------ index
     @cached_property
     def _index(self) -> pl.DataFrame:
         idx = pl.read_parquet(self.dir / L.INDEX_FILE)
+        if "crc32c" not in idx.columns:  # finalized by format 1
+            idx = idx.with_columns(pl.lit(None, dtype=pl.UInt32).alias("crc32c"))
         keys = self.store.current_keys(self.input)
         if keys is None:  # no manifest snapshot: the newest part of each clip id wins
             return idx.unique(subset="clip_id", keep="last", maintain_order=True)
         return keys.join(idx.drop("clip_id"), on="clip_key", how="inner", maintain_order="left")
 
     @cached_property
-    def _loc(self) -> dict[str, _Loc]:
-        return {
-            cid: _Loc(part, s, e, it)
-            for cid, part, s, e, it in self._index.select("clip_id", "part", "row_start", "row_end", "item").iter_rows()
-        }
+    def _table(self) -> _Table:
+        idx = self._index
+        ids = idx["clip_id"].to_list()
+        names, part = np.unique(idx["part"].to_numpy().astype(str), return_inverse=True)
+        crc = idx["crc32c"]
+        return _Table(
+            ids=ids,
+            pos={c: i for i, c in enumerate(ids)},
+            part=part.astype(np.int64).reshape(-1),
+            start=idx["row_start"].to_numpy().astype(np.int64),
+            end=idx["row_end"].to_numpy().astype(np.int64),
+            crc=crc.fill_null(0).to_numpy().astype(np.uint32),
+            has_crc=crc.is_not_null().to_numpy(),
+            item=idx["item"].to_numpy().astype(np.int64),
+            names=names.tolist(),
+        )
 
     @property
     def clip_ids(self) -> list[str]:
         """Clips of the current manifest that this feature holds, in manifest order."""
-        return self._index["clip_id"].to_list()
+        return list(self._table.ids)
 
     def __contains__(self, clip_id: str) -> bool:
-        return clip_id in self._loc
+        return clip_id in self._table.pos
 
     def __len__(self) -> int:
-        return len(self._loc)
+        return len(self._table.ids)
 
-    def _locate(self, clip_id: str) -> _Loc:
+    def _locate(self, clip_id: str) -> int:
         try:
-            return self._loc[clip_id]
+            return self._table.pos[clip_id]
         except KeyError:
             why = self._why_missing(clip_id)
             raise KeyError(f"{self.spec.feature}/{self.spec.spec_id}: clip {clip_id!r} {why}") from None
+
+    def _positions(self, clip_ids: Sequence[str]) -> np.ndarray:
+        pos = self._table.pos
+        try:
+            return np.fromiter((pos[c] for c in clip_ids), dtype=np.int64, count=len(clip_ids))
+        except KeyError as exc:
+            self._locate(exc.args[0])  # raises with the reason
+            raise
 
     def _why_missing(self, clip_id: str) -> str:
         f = self.failures().filter(pl.col("clip_id") == clip_id)
@@ -91,6 +148,16 @@ class FeatureReader:
             r = f.row(0, named=True)
             return f"failed ({r['kind']}) at {r['stage']}: {r['error']}: {r['message']}"
         return "is not in the store (not extracted yet, or its media changed since)"
+
+    # ------------------------------------------------------------------ parts
+    def _where(self, part: str) -> str:
+        return f"feature {self.spec.feature}/{self.spec.spec_id}, part {part}"
+
+    def _corrupt(self, path: Path, part: str, what: str) -> CorruptDataError:
+        return CorruptDataError(
+            f"{path}: corrupt data ({what}; {self._where(part)}): run `clmer-features verify` to list the damaged "
+            "files, then delete the part's folder and rerun `clmer-features extract` to recompute its clips"
+        )
 
     def _part_dir(self, part: str) -> Path:
         """A part the index names; one clear error when it is gone from disk."""
@@ -102,88 +169,154 @@ class FeatureReader:
             )
         return path
 
-    def _array(self, part: str, name: str) -> zarr.Array | None:
-        key = (part, name)
-        if key not in self._arrays:
-            path = self._part_dir(part) / name
-            self._arrays[key] = zarr.open_array(path, mode="r") if (path / "zarr.json").exists() else None
-        return self._arrays[key]
+    def _part(self, name: str) -> _Part:
+        p = self._parts.get(name)
+        if p is None:
+            pdir = self._part_dir(name)
+            try:
+                raw = RawRows.open(pdir / "values")
+            except CorruptShard as exc:
+                raise self._corrupt(exc.path, name, exc.what) from None
+            if raw is not None:
+                rows, whole = raw.shape[0], raw.attrs.get("crc32c")
+            else:
+                meta = L.read_json(pdir / "values" / L.ZARR_JSON) if (pdir / "values" / L.ZARR_JSON).exists() else {}
+                rows, whole = (meta.get("shape") or [0])[0], meta.get("attributes", {}).get("crc32c")
+            p = self._parts[name] = _Part(name, pdir, raw, int(rows), None if whole is None else int(whole))
+        return p
 
-    def _raw(self, part: str) -> RawRows | None:
-        if part not in self._raws:
-            self._raws[part] = RawRows.open(self._part_dir(part) / "values")
-        return self._raws[part]
+    def _fd_opened(self, p: _Part) -> RawRows:
+        """The part's raw reader, counted among the shards kept open (closing the oldest)."""
+        raw = p.raw
+        assert raw is not None
+        self._open[p.name] = raw
+        self._open.move_to_end(p.name)
+        while len(self._open) > _OPEN_FILES:
+            _, old = self._open.popitem(last=False)
+            old.close()
+        return raw
+
+    def _check_legacy(self, p: _Part) -> None:
+        """A format 1 part has no per-clip checksums: check its array files whole against
+        the sizes and CRC-32s its PART.json recorded (once per reader)."""
+        if p.legacy_checked:
+            return
+        meta_path = p.dir / L.PART_FILE
+        files = L.read_json(meta_path).get("files", {}) if meta_path.exists() else {}
+        for rel, want in sorted(files.items()):
+            if rel.split("/", 1)[0] not in _ARRAYS:
+                continue
+            path = p.dir / rel
+            size = path.stat().st_size if path.exists() else -1
+            if size != want["size"]:
+                raise self._corrupt(path, p.name, f"{size} bytes where {want['size']} were written")
+            if L.crc32_file(path) != want["crc32"]:
+                raise self._corrupt(path, p.name, "the file does not match the CRC-32 recorded in PART.json")
+        p.legacy_checked = True
+
+    def _zarr(self, p: _Part, name: str):
+        if name not in p.arrays:
+            import zarr
+
+            path = p.dir / name
+            p.arrays[name] = zarr.open_array(path, mode="r") if (path / L.ZARR_JSON).exists() else None
+        return p.arrays[name]
+
+    def _zarr_read(self, p: _Part, name: str, sel: slice = slice(None)) -> np.ndarray | None:
+        """Read a small array (times, pooled) through zarr, whose crc32c codec checks it."""
+        arr = self._zarr(p, name)
+        if arr is None:
+            return None
+        if not self._has_crc32c(arr):
+            self._check_legacy(p)
+        try:
+            return arr[sel]
+        except ValueError as exc:
+            if "checksum" not in str(exc):
+                raise
+            raise self._corrupt(p.dir / name / "c" / "0", p.name, "zarr's crc32c check failed") from None
+
+    @staticmethod
+    def _has_crc32c(arr) -> bool:
+        return any(getattr(c, "to_dict", lambda: {})().get("name") == "crc32c" for c in arr.metadata.codecs)
 
     def _empty(self, rows: int = 0) -> np.ndarray:
         return np.zeros((rows, self.dim), dtype=self.dtype)
 
     @cached_property
     def dim(self) -> int:
-        for part in self._index["part"].unique(maintain_order=True).to_list():
-            arr = self._array(part, "values")
-            if arr is not None:
-                return int(arr.shape[1])
+        for name in self._table.names:
+            meta = self.dir / L.PARTS_DIR / name / "values" / L.ZARR_JSON
+            if meta.exists():
+                return int(L.read_json(meta)["shape"][1])
         return 0
 
     @cached_property
     def dtype(self) -> np.dtype:
         return np.dtype(self.spec.params.get("dtype", "float16"))
 
-    def _read_values(self, part: str, start: int, end: int, out: np.ndarray) -> None:
-        raw = self._raw(part)
-        if raw is not None:
-            raw.read(start, end, out)
-        else:
-            out[...] = self._array(part, "values")[start:end]
+    # ------------------------------------------------------------------ values
+    def _read_run(self, t: _Table, sel: np.ndarray, a: int, b: int, offsets: np.ndarray, out: np.ndarray) -> None:
+        """Rows of the clips ``sel[a:b]`` (adjacent in one part) into ``out[offsets[a]:offsets[b]]``, checked."""
+        first, last = int(sel[a]), int(sel[b - 1])
+        p = self._part(t.names[int(t.part[first])])
+        lo, hi = int(t.start[first]), int(t.end[last])
+        dest = out[offsets[a] : offsets[b]]
+        try:
+            if p.raw is not None:
+                self._fd_opened(p).read(lo, hi, dest)
+            else:
+                dest[...] = self._zarr(p, "values")[lo:hi]
+        except CorruptShard as exc:
+            raise self._corrupt(exc.path, p.name, exc.what) from None
+        except ValueError as exc:
+            if "checksum" not in str(exc):
+                raise
+            raise self._corrupt(p.dir / "values", p.name, "zarr's checksum check failed") from None
+        if not t.has_crc[first]:
+            self._check_legacy(p)
+            return
+        if lo == 0 and hi == p.rows and p.whole_crc is not None and google_crc32c.value(dest) == p.whole_crc:
+            return  # the whole part, checked at once
+        crc = google_crc32c.value
+        for i in range(a, b):
+            j = int(sel[i])
+            if crc(out[offsets[i] : offsets[i + 1]]) != t.crc[j]:
+                path = p.raw.path if p.raw is not None else p.dir / "values"
+                raise self._corrupt(path, p.name, f"the rows of clip {t.ids[j]!r} do not match their CRC-32C")
 
     # ------------------------------------------------------------------ single clip
     def get(self, clip_id: str) -> np.ndarray:
         """Rows ``[T, D]`` of one clip, in the stored dtype."""
-        loc = self._locate(clip_id)
-        out = self._empty(loc.end - loc.start)
-        if len(out):
-            self._read_values(loc.part, loc.start, loc.end, out)
-        return out
+        return self.sequences([clip_id])[0]
 
     def times(self, clip_id: str) -> np.ndarray | None:
-        loc = self._locate(clip_id)
-        arr = self._array(loc.part, "times")
-        return None if arr is None else arr[loc.start : loc.end]
+        t = self._table
+        j = self._locate(clip_id)
+        return self._zarr_read(self._part(t.names[int(t.part[j])]), "times", slice(int(t.start[j]), int(t.end[j])))
 
     # ------------------------------------------------------------------ many clips
-    def _plan(self, clip_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-        """Part number, start and end row of each clip asked for (vectorised: a full read
-        of 20,000 clips must not spend its time in a Python loop)."""
-        idx = self._index
-        want = pl.DataFrame({"clip_id": list(clip_ids)}, schema={"clip_id": pl.Utf8}).with_row_index("_order")
-        hit = want.join(idx.select("clip_id", "part", "row_start", "row_end"), on="clip_id", how="left").sort("_order")
-        if hit["part"].null_count():
-            self._locate(hit.filter(pl.col("part").is_null())["clip_id"][0])  # raises with the reason
-        names, parts = np.unique(hit["part"].to_numpy().astype(str), return_inverse=True)
-        return parts.astype(np.int64), hit["row_start"].to_numpy(), hit["row_end"].to_numpy(), names.tolist()
-
     def sequences(self, clip_ids: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """All rows of the clips, concatenated ``[R, D]`` in the order asked, and ``offsets [N+1]``.
 
         Clips that lie next to each other in a part and in the request are read
         with one call straight into the result (a whole part in storage order is
-        one read).
+        one read, checked with one checksum).
         """
-        clip_ids = self.clip_ids if clip_ids is None else list(clip_ids)
-        parts, starts, ends, names = self._plan(clip_ids)
-        offsets = np.zeros(len(clip_ids) + 1, dtype=np.int64)
+        t = self._table
+        sel = np.arange(len(t.ids), dtype=np.int64) if clip_ids is None else self._positions(list(clip_ids))
+        parts, starts, ends = t.part[sel], t.start[sel], t.end[sel]
+        offsets = np.zeros(len(sel) + 1, dtype=np.int64)
         np.cumsum(ends - starts, out=offsets[1:])
         out = np.empty((int(offsets[-1]), self.dim), dtype=self.dtype)
-        if not len(clip_ids):
+        if not len(sel):
             return out, offsets
         # a new run starts where the part changes or the rows are not adjacent
         breaks = np.flatnonzero((parts[1:] != parts[:-1]) | (starts[1:] != ends[:-1])) + 1
-        run_lo = np.concatenate([[0], breaks])
-        run_hi = np.concatenate([breaks, [len(clip_ids)]])
-        for a, b in zip(run_lo.tolist(), run_hi.tolist()):
-            lo, hi = int(starts[a]), int(ends[b - 1])
-            if hi > lo:
-                self._read_values(names[parts[a]], lo, hi, out[offsets[a] : offsets[b]])
+        bounds = np.concatenate([[0], breaks, [len(sel)]]).tolist()
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if offsets[b] > offsets[a]:
+                self._read_run(t, sel, a, b, offsets, out)
         return out, offsets
 
     def lengths(self, clip_ids: Sequence[str]) -> np.ndarray:
@@ -196,33 +329,36 @@ class FeatureReader:
     def get_many(self, clip_ids: Sequence[str]) -> list[np.ndarray]:
         """Rows of many clips, in the order asked (views into one buffer; see ``sequences``)."""
         values, offsets = self.sequences(clip_ids)
-        return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+        bounds = offsets.tolist()
+        return [values[bounds[i] : bounds[i + 1]] for i in range(len(bounds) - 1)]
 
     def times_many(self, clip_ids: Sequence[str]) -> list[np.ndarray | None]:
-        locs = [self._locate(c) for c in clip_ids]
-        cache: dict[str, np.ndarray | None] = {}
+        t = self._table
+        cache: dict[int, np.ndarray | None] = {}
         out: list[np.ndarray | None] = []
-        for loc in locs:
-            if loc.part not in cache:
-                arr = self._array(loc.part, "times")
-                cache[loc.part] = None if arr is None else arr[:]
-            block = cache[loc.part]
-            out.append(None if block is None else block[loc.start : loc.end])
+        for j in self._positions(list(clip_ids)).tolist():
+            k = int(t.part[j])
+            if k not in cache:
+                cache[k] = self._zarr_read(self._part(t.names[k]), "times")
+            block = cache[k]
+            out.append(None if block is None else block[t.start[j] : t.end[j]])
         return out
 
     def pooled(self, clip_ids: Sequence[str] | None = None, how: Pooling = "mean") -> np.ndarray:
         """One float32 row per clip: mean or max over its rows, or the model's own pooled vector."""
         clip_ids = self.clip_ids if clip_ids is None else list(clip_ids)
         if how == "model":
-            blocks: dict[str, np.ndarray] = {}
+            t = self._table
+            blocks: dict[int, np.ndarray] = {}
             rows = []
-            for loc in (self._locate(c) for c in clip_ids):
-                if loc.part not in blocks:
-                    arr = self._array(loc.part, "pooled")
-                    if arr is None:
+            for j in self._positions(clip_ids).tolist():
+                k = int(t.part[j])
+                if k not in blocks:
+                    block = self._zarr_read(self._part(t.names[k]), "pooled")
+                    if block is None:
                         raise StoreError(f"{self.spec.feature}/{self.spec.spec_id} has no model-pooled vectors; use how='mean'")
-                    blocks[loc.part] = arr[:]
-                rows.append(blocks[loc.part][loc.item])
+                    blocks[k] = block
+                rows.append(blocks[k][t.item[j]])
             return np.stack(rows).astype(np.float32) if rows else np.zeros((0, self.dim), np.float32)
         if how not in ("mean", "max"):
             raise ValueError(f"how must be 'mean', 'max' or 'model', not {how!r}")
@@ -260,7 +396,14 @@ class FeatureReader:
         keys = self.store.current_keys(self.input)
         wanted = list(clip_ids) if clip_ids is not None else (keys["clip_id"].to_list() if keys is not None else [])
         failed = set(self.failures()["clip_id"].to_list())
-        return [c for c in wanted if c not in self._loc and c not in failed]
+        have = self._table.pos
+        return [c for c in wanted if c not in have and c not in failed]
+
+    def close(self) -> None:
+        """Close the shard files this reader keeps open (also done when it is collected)."""
+        for raw in self._open.values():
+            raw.close()
+        self._open.clear()
 
     def __repr__(self) -> str:
         return f"<FeatureReader {self.spec.describe()}: {len(self)} clips>"

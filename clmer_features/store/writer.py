@@ -25,6 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 import polars as pl
 import zarr
+from zarr.codecs import Crc32cCodec
 
 from clmer_features import __version__
 from clmer_features.errors import StoreError
@@ -32,7 +33,15 @@ from clmer_features.spec import FeatureSpec
 from clmer_features.store import layout as L
 
 CHUNK_ROWS = 512  # inner chunk of a part's value array; the whole part is one shard
-_PART_INDEX_SCHEMA = {"clip_key": pl.Utf8, "clip_id": pl.Utf8, "row_start": pl.Int64, "row_end": pl.Int64, "item": pl.Int64}
+_CHECKED = [Crc32cCodec()]  # small arrays (times, pooled): zarr itself checks them on every read
+_PART_INDEX_SCHEMA = {
+    "clip_key": pl.Utf8,
+    "clip_id": pl.Utf8,
+    "row_start": pl.Int64,
+    "row_end": pl.Int64,
+    "item": pl.Int64,
+    "crc32c": pl.UInt32,  # of the clip's rows as stored (little-endian, C order); null in format 1 parts
+}
 
 
 def _provenance() -> dict[str, Any]:
@@ -95,6 +104,20 @@ def write_uncompressed_shard(path: Path, values: np.ndarray, chunk_rows: int, sh
             f.write(bytes(pad))  # zarr's fill value, 0
         f.write(raw_index)
         f.write(np.array([google_crc32c.value(raw_index)], dtype="<u4").tobytes())
+
+
+def row_checksums(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, int]:
+    """CRC-32C of each clip's rows ``values[offsets[i]:offsets[i+1]]`` and of all rows:
+    what readers check on every read (a clip read alone checks its own bytes only)."""
+    import google_crc32c
+
+    crcs = np.zeros(len(offsets) - 1, dtype=np.uint32)
+    whole = 0
+    for i, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
+        block = values[lo:hi]
+        crcs[i] = google_crc32c.value(block)
+        whole = google_crc32c.extend(whole, block)
+    return crcs, whole
 
 
 def _nonfinite_rows(values: np.ndarray) -> np.ndarray:
@@ -199,6 +222,7 @@ class PartWriter:
 
         g = zarr.open_group(tmp, mode="w-")
         n = len(b.keys)
+        crcs = np.zeros(n, dtype=np.uint32)  # crc32c of no bytes is 0
         if rows:
             values = np.empty((rows, dim), dtype=self.dtype)  # one pass: cast while copying
             for v, lo, hi in zip(b.values, offsets[:-1], offsets[1:]):
@@ -210,42 +234,47 @@ class PartWriter:
                 raise StoreError(f"{self.fw.spec.feature}: clip {b.ids[clip]}: values contain NaN or inf")
             chunk = min(CHUNK_ROWS, rows)
             shard = -(-rows // chunk) * chunk
+            crcs, whole = row_checksums(values, offsets)
             g.create_array(
-                "values", shape=(rows, dim), dtype=self.dtype, chunks=(chunk, dim), shards=(shard, dim), compressors=None
+                "values",
+                shape=(rows, dim),
+                dtype=self.dtype,
+                chunks=(chunk, dim),
+                shards=(shard, dim),
+                compressors=None,
+                attributes={"crc32c": whole, "rows_of_clips": "index.parquet: row_start, row_end, crc32c"},
             )  # metadata only; the data goes in with one write:
             write_uncompressed_shard(tmp / "values" / "c" / "0" / "0", values, chunk, shard)
             if any(t is not None for t in b.times):
                 times = np.concatenate(
                     [t if t is not None else np.full(len(v), np.nan, np.float32) for t, v in zip(b.times, b.values)]
                 )
-                g.create_array("times", shape=(rows,), dtype="float32", chunks=(rows,), compressors=None)[:] = times
+                g.create_array("times", shape=(rows,), dtype="float32", chunks=(rows,), compressors=_CHECKED)[:] = times
         if any(p is not None for p in b.pooled):
             pdims = {p.shape[0] for p in b.pooled if p is not None}
             if len(pdims) > 1:
                 raise StoreError(f"{self.fw.spec.feature}: part {self.name}: pooled vectors of different widths {sorted(pdims)}")
             pdim = pdims.pop()
             pooled = np.stack([p if p is not None else np.full(pdim, np.nan) for p in b.pooled]).astype(np.float32)
-            g.create_array("pooled", shape=pooled.shape, dtype="float32", chunks=pooled.shape, compressors=None)[:] = pooled
+            g.create_array("pooled", shape=pooled.shape, dtype="float32", chunks=pooled.shape, compressors=_CHECKED)[:] = pooled
         if n:
             pl.DataFrame(
-                {"clip_key": b.keys, "clip_id": b.ids, "row_start": offsets[:-1], "row_end": offsets[1:], "item": np.arange(n)},
+                {"clip_key": b.keys, "clip_id": b.ids, "row_start": offsets[:-1], "row_end": offsets[1:], "item": np.arange(n), "crc32c": crcs},
                 schema=_PART_INDEX_SCHEMA,
             ).write_parquet(tmp / L.INDEX_FILE)
         if b.records:
             pl.DataFrame(b.records, infer_schema_length=None).write_parquet(tmp / L.RECORDS_FILE)
         if b.failures:
             pl.DataFrame(b.failures, schema={k: pl.Utf8 for k in b.failures[0]}).write_parquet(tmp / L.FAILURES_FILE)
+        summary = {"part": self.name, "clips": n, "rows": rows, "dim": dim, "dtype": self.dtype.name, "failed": len(b.failures)}
+        L.update_node_attrs(tmp, {**summary, **L.format_stamp()})
         meta = {
-            "part": self.name,
+            **summary,
             "feature": self.fw.spec.feature,
             "spec_id": self.fw.spec.spec_id,
-            "clips": n,
-            "rows": rows,
-            "dim": dim,
-            "dtype": self.dtype.name,
-            "failed": len(b.failures),
             "files": L.file_checksums(tmp),
             **_provenance(),
+            **L.format_stamp(),
         }
         L.atomic_write_json(tmp / L.PART_FILE, meta)
 
@@ -265,27 +294,31 @@ class FeatureWriter:
     def _ensure_group(self, extra: dict[str, Any]) -> None:
         """Create the spec's group once (attrs: spec, input, provenance); later writers
         only check it holds the same spec, and add their provenance entries."""
+        L.ensure_hierarchy(self.root, self.spec.feature)
         if (self.dir / "zarr.json").exists():
-            attrs = zarr.open_group(self.dir, mode="r").attrs.asdict()
+            attrs = L.node_attrs(self.dir)
+            L.check_format(attrs, self.dir)  # never add parts to a spec a newer clmer wrote
             stored = FeatureSpec.from_dict(attrs["spec"])
             if stored.spec_id != self.spec.spec_id:
                 raise StoreError(f"{self.dir}: holds spec {stored.describe()}, not {self.spec.describe()}")
             if any(attrs.get("provenance", {}).get(k) != v for k, v in extra.items()):
-                g = zarr.open_group(self.dir, mode="r+")
-                g.attrs["provenance"] = {**attrs.get("provenance", {}), **extra}
+                L.update_node_attrs(self.dir, {"provenance": {**attrs.get("provenance", {}), **extra}})
         else:
             self.dir.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.dir.parent / f"{L.TMP_PREFIX}{self.spec.spec_id}-{uuid.uuid4().hex[:8]}"
-            g = zarr.open_group(tmp, mode="w-")
-            g.attrs.update({"spec": self.spec.to_dict(), "input": self.input, "provenance": {**_provenance(), **extra}})
-            (tmp / L.PARTS_DIR).mkdir()
+            tmp.mkdir()
+            L.write_group(
+                tmp,
+                {"spec": self.spec.to_dict(), "input": self.input, "provenance": {**_provenance(), **extra}, **L.format_stamp()},
+            )
+            L.write_group(tmp / L.PARTS_DIR, {})
             try:
                 os.rename(tmp, self.dir)
             except OSError:
                 shutil.rmtree(tmp, ignore_errors=True)
                 if not (self.dir / "zarr.json").exists():
                     raise
-        self.parts_dir.mkdir(exist_ok=True)
+        L.ensure_group(self.parts_dir, {})  # a format 1 spec gets its parts group when resumed
 
     def committed_parts(self) -> list[Path]:
         return L.committed_parts(self.dir)
@@ -319,13 +352,18 @@ class _PartContext:
             self.writer.commit()
 
 
+_INDEX_COLUMNS = ("clip_key", "clip_id", "part", "row_start", "row_end", "item", "crc32c")
+
+
 def _part_index(part: Path) -> pl.DataFrame:
-    """One row per successful clip in a part: key, id, part, row range, item (pooled row)."""
+    """One row per successful clip in a part: key, id, part, row range, item (pooled row),
+    CRC-32C of its rows (null for a format 1 part). Refuses a part of a newer store format."""
+    L.check_format(L.read_json(part / L.PART_FILE), part / L.PART_FILE)
     path = part / L.INDEX_FILE
     df = pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=_PART_INDEX_SCHEMA)
-    return df.with_columns(pl.lit(part.name, dtype=pl.Utf8).alias("part")).select(
-        "clip_key", "clip_id", "part", "row_start", "row_end", "item"
-    )
+    if "crc32c" not in df.columns:
+        df = df.with_columns(pl.lit(None, dtype=pl.UInt32).alias("crc32c"))
+    return df.with_columns(pl.lit(part.name, dtype=pl.Utf8).alias("part")).select(_INDEX_COLUMNS)
 
 
 def stale_reason(fdir: Path) -> str | None:
@@ -387,7 +425,7 @@ def _finalize(store_root: Path, feature: str, spec_id: str) -> FinalizeSummary:
         if not (p / L.PART_FILE).exists():
             raise StoreError(f"{p}: part has no {L.PART_FILE}; it was not written by clmer (run `clmer-features verify`)")
 
-    empty = pl.DataFrame(schema={**_PART_INDEX_SCHEMA, "part": pl.Utf8}).select("clip_key", "clip_id", "part", "row_start", "row_end", "item")
+    empty = pl.DataFrame(schema={**_PART_INDEX_SCHEMA, "part": pl.Utf8}).select(_INDEX_COLUMNS)
     index = pl.concat([empty, *(_part_index(p) for p in parts)], how="vertical")
     before = index.height
     index = index.unique(subset="clip_key", keep="first", maintain_order=True)
@@ -413,6 +451,7 @@ def _finalize(store_root: Path, feature: str, spec_id: str) -> FinalizeSummary:
     L.atomic_write_parquet(fdir / L.INDEX_FILE, index)
     L.atomic_write_parquet(fdir / L.FAILURES_FILE, fails)
     _merge_ledger(store_root, feature, spec_id, fails)
+    L.consolidate_spec(fdir, parts)
     L.atomic_write_json(
         fdir / L.COMPLETE_FILE,
         {
@@ -425,6 +464,7 @@ def _finalize(store_root: Path, feature: str, spec_id: str) -> FinalizeSummary:
             "index_sha256": L.sha256_file(fdir / L.INDEX_FILE),
             "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "finalized_ns": time.time_ns(),
+            **L.format_stamp(),
         },
     )
     return FinalizeSummary(feature, spec_id, index.height, fails.height, len(parts), duplicates, fdir)

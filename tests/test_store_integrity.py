@@ -1,0 +1,120 @@
+"""Every read checks what it touched: a flipped bit or a truncated file in a part is one
+clear error naming the file and the feature, in the library and in `clmer-fusion train`."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from clmer_features.store import CorruptDataError, open_store
+from clmer_features.store import layout as L
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_store_format import FORMAT1, SPEC, rows_for, write_store  # noqa: E402
+
+
+def flip(path: Path, pos: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[pos] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def shard(part: Path) -> Path:
+    return part / "values" / "c" / "0" / "0"
+
+
+def first_row_of(part: Path, clip: str, dim: int = 8) -> int:
+    return pl.read_parquet(part / L.INDEX_FILE).filter(pl.col("clip_id") == clip)["row_start"][0] * dim * 2
+
+
+def test_a_flipped_value_is_caught_by_whole_part_and_single_clip_reads(tmp_path):
+    store, fw = write_store(tmp_path / "cache")
+    part = fw.parts_dir / pl.read_parquet(fw.dir / L.INDEX_FILE).filter(pl.col("clip_id") == "c2")["part"][0]
+    flip(shard(part), first_row_of(part, "c2") + 3)
+    r = store.feature("siglip")
+    for read in (lambda: r.sequences(), lambda: r.get("c2"), lambda: r.get_many(["c0", "c2"]), lambda: r.pooled()):
+        with pytest.raises(CorruptDataError) as ei:
+            read()
+        msg = str(ei.value)
+        assert msg.startswith(f"{shard(part)}: corrupt data") and f"feature siglip/{SPEC.spec_id}" in msg and "\n" not in msg
+    assert "clip 'c2'" in str(pytest.raises(CorruptDataError, r.get, "c2").value)
+    # the other clips of the damaged part, read alone, are checked and fine
+    np.testing.assert_array_equal(r.get("c1"), rows_for(1).astype(np.float16))
+    np.testing.assert_array_equal(r.get_many(["c9", "c0"])[1], rows_for(0).astype(np.float16))
+
+
+def test_a_truncated_shard_names_the_file(tmp_path):
+    store, fw = write_store(tmp_path / "cache")
+    path = shard(fw.committed_parts()[0])
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CorruptDataError, match=rf"^{path}: corrupt data \(truncated .*feature siglip/{SPEC.spec_id}"):
+        store.feature("siglip").sequences()
+    # a damaged shard index (its crc32c) as well
+    store, fw = write_store(tmp_path / "cache2")
+    path = shard(fw.committed_parts()[0])
+    flip(path, path.stat().st_size - 10)
+    with pytest.raises(CorruptDataError, match="damaged: the shard index does not match its checksum"):
+        store.feature("siglip").get("c0")
+
+
+@pytest.mark.parametrize("array", ["times", "pooled"])
+def test_flipped_times_and_pooled_are_caught(tmp_path, array):
+    store, fw = write_store(tmp_path / "cache")
+    part = fw.committed_parts()[0]
+    chunk = next(p for p in (part / array / "c").rglob("*") if p.is_file())
+    flip(chunk, 5)
+    r = store.feature("siglip")
+    read = (lambda: r.times_many(r.clip_ids)) if array == "times" else (lambda: r.pooled(how="model"))
+    with pytest.raises(CorruptDataError, match=rf"{part / array}.*crc32c check failed.*feature siglip"):
+        read()
+
+
+def test_format1_parts_are_checked_whole_against_their_part_json(tmp_path):
+    shutil.copytree(FORMAT1 / "ds", tmp_path / "cache" / "ds")
+    store = open_store(tmp_path / "cache", "ds")
+    parts = L.committed_parts(store.root / "features" / "siglip" / SPEC.spec_id)
+    r = store.feature("siglip")
+    np.testing.assert_array_equal(r.get("c0"), rows_for(0).astype(np.float16))  # intact: reads
+    flip(shard(parts[1]), 20)
+    r = open_store(tmp_path / "cache", "ds").feature("siglip")
+    with pytest.raises(CorruptDataError, match=rf"^{shard(parts[1])}: corrupt data \(the file does not match the CRC-32"):
+        r.sequences()
+    times = next(p for p in (parts[0] / "times" / "c").rglob("*") if p.is_file())
+    flip(times, 2)
+    r = open_store(tmp_path / "cache", "ds").feature("siglip")
+    with pytest.raises(CorruptDataError, match=rf"^{times}: corrupt data"):
+        r.times(r.clip_ids[0])
+
+
+@pytest.fixture(scope="module")
+def fusion_store(tmp_path_factory):
+    from _fusion_helpers import write_synthetic_store
+
+    return write_synthetic_store(tmp_path_factory.mktemp("integrity"), n=60)
+
+
+def test_train_refuses_a_flipped_byte_in_any_values_shard(fusion_store, tmp_path):
+    from clmer_fusion.cli import cli
+
+    manifest, cache, _ = fusion_store
+    shards = sorted(cache.rglob("values/c/0/0"))
+    assert len(shards) == 3
+    args = ["train", str(manifest), "--cache", str(cache), "--features", "bert,wav,vis", "--head", "linear", "--out", str(tmp_path / "run")]
+    for path in shards:
+        original = path.read_bytes()
+        flip(path, len(original) // 4)  # inside the rows (the shard ends with padding and its index)
+        try:
+            r = CliRunner().invoke(cli, args)
+            assert isinstance(r.exception, CorruptDataError), r.output
+            assert str(r.exception).startswith(f"{path}: corrupt data")
+        finally:
+            path.write_bytes(original)
+    # the real command line: exit code 2 and one line naming the file
+    flip(shards[0], 100)
+    res = subprocess.run([sys.executable, "-c", "from clmer_fusion.cli import main; main()", *args], capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.startswith(f"error: {shards[0]}: corrupt data")
