@@ -13,7 +13,7 @@
     parts/                            zarr v3 group
     parts/<part>/                     zarr v3 group, one writer's clips: values [rows, D] (one uncompressed shard),
                                       times [rows] and pooled [n, D'] (crc32c codec), index.parquet (clip_key,
-                                      clip_id, row range, CRC-32C of the clip's rows), PART.json (sizes, CRC-32s
+                                      clip_id, row range, xxh3_64 of the clip's rows), PART.json (sizes, CRC-32s
                                       of every file) written last, then the folder is renamed
     parts/.tmp-<part>-<token>/        a part being written (or abandoned by a crash)
     index.parquet                     clip_key -> part, rows (rebuilt by finalize from the parts' own index.parquet)
@@ -26,9 +26,9 @@
 Store formats (``STORE_FORMAT``; a reader refuses a store, feature or part of a newer one):
 1. (no ``store_format`` written) the layout above without the zarr groups above the
    spec, without the ``parts`` group, consolidated metadata or any per-clip checksum.
-2. every level is a zarr v3 node; per-clip CRC-32C of the values rows in the index,
-   a CRC-32C of each part's whole values in its ``values`` attributes, crc32c codec
-   on ``times`` and ``pooled``.
+2. every level is a zarr v3 node; an xxh3-64 checksum of each clip's values rows in
+   the index (``xxh3_64``) and of each part's whole values in its ``values``
+   attributes, crc32c codec on ``times`` and ``pooled``.
 Format 1 stores keep reading and resuming: new parts are format 2, old ones stay.
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import xxhash
 
 from clmer_features import __version__
 from clmer_features.errors import StoreError
@@ -50,6 +51,7 @@ STORE_FORMAT = 2
 FORMAT_KEY = "store_format"  # in the dataset's and spec's zarr attributes, COMPLETE.json and PART.json
 WRITTEN_BY_KEY = "written_by"  # "clmer <version>"
 ZARR_JSON = "zarr.json"
+DIGEST = "xxh3_64"  # index column (per clip) and values attribute (per part, 16 hex digits) of format 2
 CLIPS_FILE = "clips.parquet"
 LEDGER_FILE = "ledger.parquet"
 FEATURES_DIR = "features"
@@ -185,6 +187,11 @@ def empty_ledger() -> pl.DataFrame:
 
 
 # ---------------------------------------------------------------------- format version
+def digest(block: Any) -> int:
+    """The checksum of a block of stored rows (xxh3, 64 bits; C-contiguous little-endian bytes)."""
+    return xxhash.xxh3_64_intdigest(block)
+
+
 def format_stamp() -> dict[str, Any]:
     """What every versioned record carries: the store format and the clmer that wrote it."""
     return {FORMAT_KEY: STORE_FORMAT, WRITTEN_BY_KEY: f"clmer {__version__}"}

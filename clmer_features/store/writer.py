@@ -40,7 +40,7 @@ _PART_INDEX_SCHEMA = {
     "row_start": pl.Int64,
     "row_end": pl.Int64,
     "item": pl.Int64,
-    "crc32c": pl.UInt32,  # of the clip's rows as stored (little-endian, C order); null in format 1 parts
+    L.DIGEST: pl.UInt64,  # of the clip's rows as stored (little-endian, C order); null in format 1 parts
 }
 
 
@@ -107,17 +107,18 @@ def write_uncompressed_shard(path: Path, values: np.ndarray, chunk_rows: int, sh
 
 
 def row_checksums(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, int]:
-    """CRC-32C of each clip's rows ``values[offsets[i]:offsets[i+1]]`` and of all rows:
-    what readers check on every read (a clip read alone checks its own bytes only)."""
-    import google_crc32c
+    """Checksums (``layout.digest``) of each clip's rows ``values[offsets[i]:offsets[i+1]]``
+    and of all rows: what readers check on every read (a read of some clips checks
+    their own bytes, a read of a whole part the part's)."""
+    import xxhash
 
-    crcs = np.zeros(len(offsets) - 1, dtype=np.uint32)
-    whole = 0
+    sums = np.zeros(len(offsets) - 1, dtype=np.uint64)
+    whole = xxhash.xxh3_64()
     for i, (lo, hi) in enumerate(zip(offsets[:-1].tolist(), offsets[1:].tolist())):
         block = values[lo:hi]
-        crcs[i] = google_crc32c.value(block)
-        whole = google_crc32c.extend(whole, block)
-    return crcs, whole
+        sums[i] = L.digest(block)
+        whole.update(block)  # still in cache
+    return sums, whole.intdigest()
 
 
 def _nonfinite_rows(values: np.ndarray) -> np.ndarray:
@@ -222,7 +223,7 @@ class PartWriter:
 
         g = zarr.open_group(tmp, mode="w-")
         n = len(b.keys)
-        crcs = np.zeros(n, dtype=np.uint32)  # crc32c of no bytes is 0
+        sums = np.full(n, L.digest(b""), dtype=np.uint64)  # clips without rows
         if rows:
             values = np.empty((rows, dim), dtype=self.dtype)  # one pass: cast while copying
             for v, lo, hi in zip(b.values, offsets[:-1], offsets[1:]):
@@ -234,7 +235,7 @@ class PartWriter:
                 raise StoreError(f"{self.fw.spec.feature}: clip {b.ids[clip]}: values contain NaN or inf")
             chunk = min(CHUNK_ROWS, rows)
             shard = -(-rows // chunk) * chunk
-            crcs, whole = row_checksums(values, offsets)
+            sums, whole = row_checksums(values, offsets)
             g.create_array(
                 "values",
                 shape=(rows, dim),
@@ -242,7 +243,7 @@ class PartWriter:
                 chunks=(chunk, dim),
                 shards=(shard, dim),
                 compressors=None,
-                attributes={"crc32c": whole, "rows_of_clips": "index.parquet: row_start, row_end, crc32c"},
+                attributes={L.DIGEST: f"{whole:016x}", "rows_of_clips": f"index.parquet: row_start, row_end, {L.DIGEST}"},
             )  # metadata only; the data goes in with one write:
             write_uncompressed_shard(tmp / "values" / "c" / "0" / "0", values, chunk, shard)
             if any(t is not None for t in b.times):
@@ -259,7 +260,7 @@ class PartWriter:
             g.create_array("pooled", shape=pooled.shape, dtype="float32", chunks=pooled.shape, compressors=_CHECKED)[:] = pooled
         if n:
             pl.DataFrame(
-                {"clip_key": b.keys, "clip_id": b.ids, "row_start": offsets[:-1], "row_end": offsets[1:], "item": np.arange(n), "crc32c": crcs},
+                {"clip_key": b.keys, "clip_id": b.ids, "row_start": offsets[:-1], "row_end": offsets[1:], "item": np.arange(n), L.DIGEST: sums},
                 schema=_PART_INDEX_SCHEMA,
             ).write_parquet(tmp / L.INDEX_FILE)
         if b.records:
@@ -352,17 +353,17 @@ class _PartContext:
             self.writer.commit()
 
 
-_INDEX_COLUMNS = ("clip_key", "clip_id", "part", "row_start", "row_end", "item", "crc32c")
+_INDEX_COLUMNS = ("clip_key", "clip_id", "part", "row_start", "row_end", "item", L.DIGEST)
 
 
 def _part_index(part: Path) -> pl.DataFrame:
     """One row per successful clip in a part: key, id, part, row range, item (pooled row),
-    CRC-32C of its rows (null for a format 1 part). Refuses a part of a newer store format."""
+    checksum of its rows (null for a format 1 part). Refuses a part of a newer store format."""
     L.check_format(L.read_json(part / L.PART_FILE), part / L.PART_FILE)
     path = part / L.INDEX_FILE
     df = pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=_PART_INDEX_SCHEMA)
-    if "crc32c" not in df.columns:
-        df = df.with_columns(pl.lit(None, dtype=pl.UInt32).alias("crc32c"))
+    if L.DIGEST not in df.columns:
+        df = df.with_columns(pl.lit(None, dtype=pl.UInt64).alias(L.DIGEST))
     return df.with_columns(pl.lit(part.name, dtype=pl.Utf8).alias("part")).select(_INDEX_COLUMNS)
 
 
