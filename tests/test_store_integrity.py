@@ -118,3 +118,22 @@ def test_train_refuses_a_flipped_byte_in_any_values_shard(fusion_store, tmp_path
     res = subprocess.run([sys.executable, "-c", "from clmer_fusion.cli import main; main()", *args], capture_output=True, text=True)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.startswith(f"error: {shards[0]}: corrupt data")
+
+
+def test_scans_prefetch_the_next_part_and_still_check_every_byte(tmp_path, monkeypatch):
+    import clmer_features.store.reader as R
+
+    store, fw = write_store(tmp_path / "cache", parts=((0, 3), (3, 6), (6, 10)))
+    monkeypatch.setattr(R, "_PREFETCH", 0)  # every run counts as a scan: the next part is prefetched
+    calls = []
+    orig = R.RawRows.will_need
+    monkeypatch.setattr(R.RawRows, "will_need", lambda self, a, b: (calls.append((a, b)), orig(self, a, b))[1])
+    r = store.feature("siglip")
+    values, offsets = r.sequences()
+    assert len(calls) == 2
+    for k, cid in enumerate(r.clip_ids):
+        np.testing.assert_array_equal(values[offsets[k] : offsets[k + 1]], rows_for(int(cid[1:])).astype(np.float16))
+    part = fw.parts_dir / pl.read_parquet(fw.dir / L.INDEX_FILE).filter(pl.col("clip_id") == "c7")["part"][0]
+    flip(shard(part), first_row_of(part, "c7") + 1)
+    with pytest.raises(CorruptDataError, match="clip 'c7'"):
+        open_store(tmp_path / "cache", "ds").feature("siglip").sequences()

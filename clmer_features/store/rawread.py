@@ -126,6 +126,13 @@ class RawRows:
         return state
 
     # ------------------------------------------------------------------ reads
+    def will_need(self, start: int, end: int) -> None:
+        """Ask the kernel to start reading rows ``[start, end)`` from disk now, in the
+        background (a cold read of the next part overlaps with the work on this one)."""
+        if self.contiguous and end > start:
+            row_bytes = self.shape[1] * self.dtype.itemsize
+            os.posix_fadvise(self.fd, start * row_bytes, (end - start) * row_bytes, os.POSIX_FADV_WILLNEED)
+
     def read(self, start: int, end: int, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``[start, end)``; into ``out`` (C-contiguous, right shape and dtype) when given."""
         n, d = end - start, self.shape[1]

@@ -37,6 +37,7 @@ Pooling = Literal["mean", "max", "model"]
 _OPEN_FILES = 128  # shard descriptors a reader keeps open (least recently used are closed)
 _ARRAYS = ("values", "times", "pooled")
 _BLOCK = 1 << 20  # bytes read before they are checked: small enough to be checked in cache
+_PREFETCH = 4 << 20  # runs of this many bytes on average (a scan) prefetch the next run
 
 
 class CorruptDataError(StoreError):
@@ -350,7 +351,10 @@ class FeatureReader:
         breaks = np.flatnonzero((parts[1:] != parts[:-1]) | (starts[1:] != ends[:-1])) + 1
         bounds = np.concatenate([[0], breaks, [len(sel)]]).tolist()
         sel_l, off_l = sel.tolist(), offsets.tolist()
-        for a, b in zip(bounds[:-1], bounds[1:]):
+        big = (off_l[-1] * out.shape[1] * out.itemsize) // max(1, len(bounds) - 1) >= _PREFETCH
+        for r, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if big and r + 2 < len(bounds):  # large runs (a scan): the next one comes from disk meanwhile
+                self._will_need(t, sel_l, bounds[r + 1], bounds[r + 2], off_l)
             if off_l[b] > off_l[a]:
                 self._read_run(t, sel_l, a, b, off_l, out)
         return out, offsets
@@ -361,6 +365,12 @@ class FeatureReader:
         n = (pl.col("row_end") - pl.col("row_start")).alias("_rows")
         hit = want.join(self._index.select("clip_id", n), on="clip_id", how="left", maintain_order="left")
         return hit["_rows"].fill_null(0).to_numpy().astype(np.int64)
+
+    def _will_need(self, t: _Table, sel: list[int], a: int, b: int, offsets: list[int]) -> None:
+        p = self._part(t.names[t.part[sel[a]]])
+        if p.raw is not None:
+            lo = int(t.start[sel[a]])
+            self._fd_opened(p).will_need(lo, lo + offsets[b] - offsets[a])
 
     def get_many(self, clip_ids: Sequence[str]) -> list[np.ndarray]:
         """Rows of many clips, in the order asked (views into one buffer; see ``sequences``)."""
