@@ -29,7 +29,8 @@ def rows_for(i):  # what make.py wrote for clip c<i>
 
 def write_store(root, n=10, parts=((0, 5), (5, 10))):
     store = open_store(root, "ds", create=True)
-    store.write_clips(SimpleNamespace(df=pl.DataFrame({"clip_id": [f"c{i}" for i in range(n)], "media_key": [f"k{i}" for i in range(n)]})))
+    clips = {"clip_id": [f"c{i}" for i in range(n)], "media_key": [f"k{i}" for i in range(n)], "text_key": [None] * n}
+    store.write_clips(SimpleNamespace(df=pl.DataFrame(clips, schema={"clip_id": pl.Utf8, "media_key": pl.Utf8, "text_key": pl.Utf8})))
     fw = store.feature_writer(SPEC)
     for lo, hi in parts:
         with fw.part(part_name([f"k{i}" for i in range(lo, hi)])) as p:
