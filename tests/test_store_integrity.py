@@ -47,6 +47,28 @@ def test_a_flipped_value_is_caught_by_whole_part_and_single_clip_reads(tmp_path)
     np.testing.assert_array_equal(r.get_many(["c9", "c0"])[1], rows_for(0).astype(np.float16))
 
 
+def test_verify_finds_a_flipped_value_and_a_checksum_that_is_not_the_parts(tmp_path):
+    from clmer_features.store.maintenance import CORRUPT, EXIT_CODES, verify
+
+    store, fw = write_store(tmp_path / "cache")
+    assert verify(store).ok
+    part = fw.parts_dir / pl.read_parquet(fw.dir / L.INDEX_FILE).filter(pl.col("clip_id") == "c2")["part"][0]
+    pos = first_row_of(part, "c2") + 3
+    flip(shard(part), pos)
+    rep = verify(store)
+    assert rep.state == CORRUPT and EXIT_CODES[rep.state] == 4 and rep.damaged_parts == [part]
+    assert rep.corrupt == [f"siglip/{SPEC.spec_id}: part {part.name}: values/c/0/0 is corrupt (checksum mismatch, "
+                           f"{shard(part).stat().st_size} bytes)"]
+    flip(shard(part), pos)
+    # the spec's index gives c2 a checksum that is not its part's: readers would refuse c2
+    index = pl.read_parquet(fw.dir / L.INDEX_FILE)
+    index.with_columns(pl.when(pl.col("clip_id") == "c2").then(pl.lit(7, pl.UInt64)).otherwise(pl.col(L.DIGEST)).alias(L.DIGEST)).write_parquet(fw.dir / L.INDEX_FILE)
+    with pytest.raises(CorruptDataError, match="clip 'c2'"):
+        open_store(tmp_path / "cache", "ds").feature("siglip").get("c2")
+    rep = verify(store)
+    assert rep.state == CORRUPT and any(f"for part {part.name} do not match the part's own index (first: k2)" in c for c in rep.corrupt)
+
+
 def test_a_truncated_shard_names_the_file(tmp_path):
     store, fw = write_store(tmp_path / "cache")
     path = shard(fw.committed_parts()[0])

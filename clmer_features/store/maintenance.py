@@ -127,11 +127,9 @@ def _check_part_files(part: Path, where: str, rep: VerifyReport) -> dict | None:
     bad += [f"unexpected file {rel}" for rel in sorted(actual - set(expected))]
     for rel in sorted(set(expected) & actual):
         rep.checked_files += 1
-        size = (part / rel).stat().st_size
-        if size != expected[rel]["size"]:
-            bad.append(f"{rel} is corrupt (truncated or grown: {size} bytes, expected {expected[rel]['size']})")
-        elif L.crc32_file(part / rel) != expected[rel]["crc32"]:
-            bad.append(f"{rel} is corrupt (checksum mismatch, {size} bytes)")
+        why = L.file_mismatch(part / rel, expected[rel])
+        if why:
+            bad.append(f"{rel} is corrupt ({why})")
     if bad:
         rep.corrupt += [f"{where}: part {part.name}: {b}" for b in bad]
         rep.damaged_parts.append(part)
@@ -164,8 +162,10 @@ def _check_index(spec_path: Path, where: str, metas: dict[str, dict | None], rep
                                    f"; {outside.height - 1} more" if outside.height > 1 else ""))
             continue
         own_path = spec_path / L.PARTS_DIR / part / L.INDEX_FILE
-        cols = ["clip_key", "row_start", "row_end", "item"]
-        own = pl.read_parquet(own_path, columns=cols) if own_path.exists() else rows.select(cols).clear()
+        own = pl.read_parquet(own_path) if own_path.exists() else rows.clear()
+        # the checksums readers check each clip's rows against must be the part's own (format 2)
+        cols = ["clip_key", "row_start", "row_end", "item"] + [L.DIGEST] * (L.DIGEST in own.columns and L.DIGEST in rows.columns)
+        own = own.select(cols)
         differ = rows.select(cols).join(own, on=cols, how="anti")
         if differ.height:
             rep.corrupt.append(f"{where}: {differ.height} index entr(ies) for part {part} do not match the part's own "
@@ -176,9 +176,9 @@ def _check_index(spec_path: Path, where: str, metas: dict[str, dict | None], rep
 def verify(store: Store, progress: bool = False) -> VerifyReport:
     """Check every spec of ``store`` against what is on disk.
 
-    Per part: PART.json present, every file's size and CRC-32 (a flipped byte, a truncated or
-    missing chunk file, an extra file). Per index entry: the part exists, and the rows are the
-    part's own rows for that clip. Per spec: the index is the one ``COMPLETE.json`` records and
+    Per part: PART.json present, every file's size and checksum (xxh3-64; CRC-32 in format 1
+    parts): a flipped byte, a truncated or missing chunk file, an extra file. Per index entry:
+    the part exists, and the rows and their checksum are the part's own for that clip. Per spec: the index is the one ``COMPLETE.json`` records and
     covers every committed part, and every clip of the manifest snapshot is extracted or failed.
     """
     from clmer_features.store.writer import stale_reason

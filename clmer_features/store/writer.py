@@ -12,6 +12,7 @@ by what is on disk (:func:`stale_reason`), never by whether a run computed somet
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import platform
 import shutil
@@ -25,7 +26,6 @@ from typing import Any, Iterator
 import numpy as np
 import polars as pl
 import zarr
-from zarr.codecs import Crc32cCodec
 
 from clmer_features import __version__
 from clmer_features.errors import StoreError
@@ -33,7 +33,6 @@ from clmer_features.spec import FeatureSpec
 from clmer_features.store import layout as L
 
 CHUNK_ROWS = 512  # inner chunk of a part's value array; the whole part is one shard
-_CHECKED = [Crc32cCodec()]  # small arrays (times, pooled): zarr itself checks them on every read
 _PART_INDEX_SCHEMA = {
     "clip_key": pl.Utf8,
     "clip_id": pl.Utf8,
@@ -76,14 +75,17 @@ class _Buffers:
     failures: list[dict[str, Any]] = field(default_factory=list)
 
 
-def write_uncompressed_shard(path: Path, values: np.ndarray, chunk_rows: int, shard_rows: int) -> None:
+def write_uncompressed_shard(
+    path: Path, values: np.ndarray, chunk_rows: int, shard_rows: int, files: dict[str, dict[str, Any]] | None = None, rel: str = ""
+) -> None:
     """Write a ``[rows, D]`` array as the one shard of a zarr v3 array whose codecs are
     ``sharding_indexed`` with inner ``bytes`` (little endian) and index ``bytes`` + ``crc32c``
-    at the end, as the zarr v3 sharding spec lays it out.
+    at the end, as the zarr v3 sharding spec lays it out (``sharded_array_meta``).
 
     zarr-python encodes inner chunks one by one through its async pipeline (about 400 MB/s
     here); the layout of uncompressed chunks is plain bytes, so one ``write`` does it at
-    page-cache speed. Tests read the result back through zarr itself.
+    page-cache speed. Its size and xxh3-64 go into ``files[rel]`` (for PART.json) from memory.
+    Tests read the result back through zarr itself.
     """
     import google_crc32c
 
@@ -95,15 +97,84 @@ def write_uncompressed_shard(path: Path, values: np.ndarray, chunk_rows: int, sh
     index = np.full((n_inner, 2), np.iinfo(np.uint64).max, dtype="<u8")
     index[:n_used, 0] = np.arange(n_used, dtype=np.uint64) * chunk_bytes
     index[:n_used, 1] = chunk_bytes
-    pad = (n_used * chunk_rows - rows) * dim * data.dtype.itemsize  # the last chunk is stored whole
+    pad = bytes((n_used * chunk_rows - rows) * dim * data.dtype.itemsize)  # the last chunk is stored whole: zarr's fill value, 0
     raw_index = index.tobytes()
+    tail = pad + raw_index + np.array([google_crc32c.value(raw_index)], dtype="<u4").tobytes()
+    body = memoryview(data.reshape(-1).view(np.uint8))
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        f.write(memoryview(data.reshape(-1).view(np.uint8)))
-        if pad:
-            f.write(bytes(pad))  # zarr's fill value, 0
-        f.write(raw_index)
-        f.write(np.array([google_crc32c.value(raw_index)], dtype="<u4").tobytes())
+        f.write(body)
+        f.write(tail)
+    if files is not None:
+        h = L.xxhash.xxh3_64(body)
+        h.update(tail)
+        files[rel] = {"size": len(body) + len(tail), L.DIGEST: h.hexdigest()}
+
+
+def sharded_array_meta(shape: tuple[int, int], dtype: np.dtype, chunk_rows: int, shard_rows: int, attrs: dict[str, Any]) -> dict[str, Any]:
+    """The ``zarr.json`` of a ``[rows, D]`` array stored as one uncompressed shard of inner
+    chunks of ``chunk_rows`` rows (what ``write_uncompressed_shard`` writes)."""
+    return _array_meta(
+        list(shape),
+        dtype,
+        [shard_rows, shape[1]],
+        [
+            {
+                "name": "sharding_indexed",
+                "configuration": {
+                    "chunk_shape": [chunk_rows, shape[1]],
+                    "codecs": [_LITTLE],
+                    "index_codecs": [_LITTLE, {"name": "crc32c"}],
+                    "index_location": "end",
+                },
+            }
+        ],
+        attrs,
+    )
+
+
+_LITTLE = {"name": "bytes", "configuration": {"endian": "little"}}
+
+
+def _array_meta(shape: list[int], dtype: np.dtype, chunk_shape: list[int], codecs: list[dict], attrs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "shape": shape,
+        "data_type": np.dtype(dtype).name,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunk_shape}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0.0,
+        "codecs": codecs,
+        "attributes": attrs,
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+
+
+def _write_file(path: Path, data: bytes, files: dict[str, dict[str, Any]], rel: str) -> None:
+    """A file of a part being written (in its temporary folder: no fsync, no rename;
+    PART.json, written last, is synced and the folder renamed into place after it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    files[rel] = L.file_entry(data)
+
+
+def _write_node(folder: Path, meta: dict[str, Any], files: dict[str, dict[str, Any]]) -> None:
+    rel = (folder.name + "/" if meta["node_type"] == "array" else "") + L.ZARR_JSON
+    _write_file(folder / L.ZARR_JSON, (json.dumps(meta, indent=2) + "\n").encode(), files, rel)
+
+
+def _write_checked_array(part: Path, name: str, data: np.ndarray, files: dict[str, dict[str, Any]]) -> None:
+    """A small float32 array as one chunk with the ``bytes`` and ``crc32c`` codecs: zarr
+    checks it on every read."""
+    import google_crc32c
+
+    raw = np.ascontiguousarray(data, dtype="<f4").tobytes()
+    meta = _array_meta(list(data.shape), np.dtype("float32"), list(data.shape), [_LITTLE, {"name": "crc32c"}], {})
+    _write_node(part / name, meta, files)
+    key = "/".join(["c"] + ["0"] * data.ndim)
+    _write_file(part / name / key, raw + np.array([google_crc32c.value(raw)], dtype="<u4").tobytes(), files, f"{name}/{key}")
 
 
 def row_checksums(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, int]:
@@ -121,11 +192,16 @@ def row_checksums(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, 
     return sums, whole.intdigest()
 
 
-def _nonfinite_rows(values: np.ndarray) -> np.ndarray:
-    """Rows holding NaN or inf (float16 by its exponent bits: 10x faster than np.isfinite)."""
+def _nonfinite_rows(values: np.ndarray) -> np.ndarray | None:
+    """Rows holding NaN or inf, or None when there are none (float16 by its exponent bits:
+    one masked max over the part, 5 GB/s here, against 0.6 GB/s for np.isfinite)."""
     if values.dtype == np.float16:
-        return ((values.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1)
-    return ~np.isfinite(values).all(axis=1)
+        exponent = values.view(np.uint16) & 0x7C00
+        if exponent.size == 0 or exponent.max() != 0x7C00:
+            return None
+        return (exponent == 0x7C00).any(axis=1)
+    bad = ~np.isfinite(values).all(axis=1)
+    return bad if bad.any() else None
 
 
 class PartWriter:
@@ -212,6 +288,10 @@ class PartWriter:
         return final
 
     def _write(self, tmp: Path) -> None:
+        """Write the part's files into ``tmp``; ``PART.json`` last (the only file synced: the
+        folder becomes visible by its rename, after it). Array metadata and chunks are
+        written here directly, in the zarr v3 layout (zarr-python's group and array
+        creation cost about 30 ms a part, a tenth of the time of writing 10 MB)."""
         b = self._b
         dims = {v.shape[1] for v in b.values if v.shape[0] > 0}
         if len(dims) > 1:
@@ -220,9 +300,11 @@ class PartWriter:
         lengths = np.array([v.shape[0] for v in b.values], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         rows = int(offsets[-1])
-
-        g = zarr.open_group(tmp, mode="w-")
         n = len(b.keys)
+        summary = {"part": self.name, "clips": n, "rows": rows, "dim": dim, "dtype": self.dtype.name, "failed": len(b.failures)}
+        tmp.mkdir()
+        files: dict[str, dict[str, Any]] = {}  # size and CRC-32 of what is written from memory
+        _write_node(tmp, {"zarr_format": 3, "node_type": "group", "attributes": {**summary, **L.format_stamp()}}, files)
         sums = np.full(n, L.digest(b""), dtype=np.uint64)  # clips without rows
         if rows:
             values = np.empty((rows, dim), dtype=self.dtype)  # one pass: cast while copying
@@ -230,34 +312,27 @@ class PartWriter:
                 if hi > lo:
                     values[lo:hi] = v
             bad = _nonfinite_rows(values)
-            if bad.any():
+            if bad is not None:
                 clip = int(np.searchsorted(offsets, int(np.argmax(bad)), side="right")) - 1
                 raise StoreError(f"{self.fw.spec.feature}: clip {b.ids[clip]}: values contain NaN or inf")
             chunk = min(CHUNK_ROWS, rows)
             shard = -(-rows // chunk) * chunk
             sums, whole = row_checksums(values, offsets)
-            g.create_array(
-                "values",
-                shape=(rows, dim),
-                dtype=self.dtype,
-                chunks=(chunk, dim),
-                shards=(shard, dim),
-                compressors=None,
-                attributes={L.DIGEST: f"{whole:016x}", "rows_of_clips": f"index.parquet: row_start, row_end, {L.DIGEST}"},
-            )  # metadata only; the data goes in with one write:
-            write_uncompressed_shard(tmp / "values" / "c" / "0" / "0", values, chunk, shard)
+            attrs = {L.DIGEST: f"{whole:016x}", "rows_of_clips": f"index.parquet: row_start, row_end, {L.DIGEST}"}
+            _write_node(tmp / "values", sharded_array_meta((rows, dim), self.dtype, chunk, shard, attrs), files)
+            write_uncompressed_shard(tmp / "values" / "c" / "0" / "0", values, chunk, shard, files, "values/c/0/0")
             if any(t is not None for t in b.times):
                 times = np.concatenate(
                     [t if t is not None else np.full(len(v), np.nan, np.float32) for t, v in zip(b.times, b.values)]
                 )
-                g.create_array("times", shape=(rows,), dtype="float32", chunks=(rows,), compressors=_CHECKED)[:] = times
+                _write_checked_array(tmp, "times", times.astype(np.float32), files)
         if any(p is not None for p in b.pooled):
             pdims = {p.shape[0] for p in b.pooled if p is not None}
             if len(pdims) > 1:
                 raise StoreError(f"{self.fw.spec.feature}: part {self.name}: pooled vectors of different widths {sorted(pdims)}")
             pdim = pdims.pop()
             pooled = np.stack([p if p is not None else np.full(pdim, np.nan) for p in b.pooled]).astype(np.float32)
-            g.create_array("pooled", shape=pooled.shape, dtype="float32", chunks=pooled.shape, compressors=_CHECKED)[:] = pooled
+            _write_checked_array(tmp, "pooled", pooled, files)
         if n:
             pl.DataFrame(
                 {"clip_key": b.keys, "clip_id": b.ids, "row_start": offsets[:-1], "row_end": offsets[1:], "item": np.arange(n), L.DIGEST: sums},
@@ -267,13 +342,11 @@ class PartWriter:
             pl.DataFrame(b.records, infer_schema_length=None).write_parquet(tmp / L.RECORDS_FILE)
         if b.failures:
             pl.DataFrame(b.failures, schema={k: pl.Utf8 for k in b.failures[0]}).write_parquet(tmp / L.FAILURES_FILE)
-        summary = {"part": self.name, "clips": n, "rows": rows, "dim": dim, "dtype": self.dtype.name, "failed": len(b.failures)}
-        L.update_node_attrs(tmp, {**summary, **L.format_stamp()})
         meta = {
             **summary,
             "feature": self.fw.spec.feature,
             "spec_id": self.fw.spec.spec_id,
-            "files": L.file_checksums(tmp),
+            "files": L.file_checksums(tmp, known=files),
             **_provenance(),
             **L.format_stamp(),
         }
