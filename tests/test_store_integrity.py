@@ -142,17 +142,25 @@ def test_train_refuses_a_flipped_byte_in_any_values_shard(fusion_store, tmp_path
     assert res.stderr.strip().splitlines() == [res.stderr.strip()] and res.stderr.startswith(f"error: {shards[0]}: corrupt data")
 
 
-def test_scans_prefetch_the_next_part_and_still_check_every_byte(tmp_path, monkeypatch):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scans_read_ahead_and_still_check_every_byte(tmp_path, monkeypatch, threads):
+    """A scan (runs of 4 MiB and more) reads its runs in threads, or with one thread asks the
+    kernel for the next run while it reads this one; either way every byte is checked."""
+    import threading
+
     import clmer_features.store.reader as R
 
     store, fw = write_store(tmp_path / "cache", parts=((0, 3), (3, 6), (6, 10)))
-    monkeypatch.setattr(R, "_PREFETCH", 0)  # every run counts as a scan: the next part is prefetched
-    calls = []
-    orig = R.RawRows.will_need
-    monkeypatch.setattr(R.RawRows, "will_need", lambda self, a, b: (calls.append((a, b)), orig(self, a, b))[1])
+    monkeypatch.setattr(R, "_PREFETCH", 0)  # every run counts as a scan
+    monkeypatch.setattr(R, "_SCAN_THREADS", threads)
+    calls, readers = [], set()
+    will_need, read_run = R.RawRows.will_need, R.FeatureReader._read_run
+    monkeypatch.setattr(R.RawRows, "will_need", lambda self, a, b: (calls.append((a, b)), will_need(self, a, b))[1])
+    monkeypatch.setattr(R.FeatureReader, "_read_run", lambda self, *a: (readers.add(threading.get_ident()), read_run(self, *a))[1])
     r = store.feature("siglip")
     values, offsets = r.sequences()
-    assert len(calls) == 2
+    assert len(calls) == (2 if threads == 1 else 0)
+    assert (threading.get_ident() in readers) == (threads == 1)
     for k, cid in enumerate(r.clip_ids):
         np.testing.assert_array_equal(values[offsets[k] : offsets[k + 1]], rows_for(int(cid[1:])).astype(np.float16))
     part = fw.parts_dir / pl.read_parquet(fw.dir / L.INDEX_FILE).filter(pl.col("clip_id") == "c7")["part"][0]

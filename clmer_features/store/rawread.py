@@ -46,11 +46,20 @@ class RawRows:
     _pid: int = field(default=0, repr=False)
 
     @classmethod
-    def open(cls, array_dir: Path) -> "RawRows | None":
-        try:
-            meta = json.loads((array_dir / "zarr.json").read_text())
-        except (OSError, ValueError):
-            return None
+    def open(cls, array_dir: Path, meta: dict | None = None) -> "RawRows | None":
+        """The array at ``array_dir`` when its layout is one the store writes, else None.
+        ``meta``: its ``zarr.json`` when the caller has it already (a spec's consolidated
+        metadata), so that opening a part costs one ``open`` and one small read (the shard
+        index) and no JSON. Raises FileNotFoundError when the array's folder is gone."""
+        if meta is None:
+            try:
+                meta = json.loads((array_dir / "zarr.json").read_text())
+            except FileNotFoundError:
+                if not array_dir.parent.is_dir():
+                    raise
+                return None
+            except (OSError, ValueError):
+                return None
         shape = tuple(meta.get("shape", ()))
         codecs = meta.get("codecs", [])
         if len(shape) != 2 or len(codecs) != 1 or codecs[0].get("name") != "sharding_indexed":
@@ -76,29 +85,39 @@ class RawRows:
         dtype = np.dtype(meta["data_type"]).newbyteorder("<")
         row_bytes = shape[1] * dtype.itemsize
         try:
-            size = shard.stat().st_size
-        except OSError:
+            fd = os.open(shard, os.O_RDONLY)
+        except FileNotFoundError:
+            if not array_dir.parent.is_dir():
+                raise
             return None  # no shard: never written (zarr reads fill values)
-        if size < 16 * n_inner + 4:
-            raise CorruptShard(shard, f"truncated ({size} bytes, shorter than its own index)")
-        with open(shard, "rb") as f:
-            f.seek(size - (16 * n_inner + 4))
-            tail = f.read(16 * n_inner + 4)
+        try:
+            size = os.fstat(fd).st_size
+            if size < 16 * n_inner + 4:
+                raise CorruptShard(shard, f"truncated ({size} bytes, shorter than its own index)")
+            tail = os.pread(fd, 16 * n_inner + 4, size - (16 * n_inner + 4))
+        except BaseException:
+            os.close(fd)
+            raise
         import google_crc32c
 
         if google_crc32c.value(tail[:-4]) != int.from_bytes(tail[-4:], "little"):
+            os.close(fd)
             raise CorruptShard(shard, f"truncated or damaged: the shard index does not match its checksum ({size} bytes)")
         index = np.frombuffer(tail[:-4], dtype="<u8").reshape(n_inner, 2)
         offsets = np.where(index[:, 0] == _EMPTY, -1, index[:, 0].astype(np.int64))
         used = index[:, 0] != _EMPTY
         if (used & (index[:, 1] != chunk_shape[0] * row_bytes)).any():
+            os.close(fd)
             return None
         if (used & (index[:, 0] + index[:, 1] > size)).any():
+            os.close(fd)
             raise CorruptShard(shard, f"truncated ({size} bytes; its index points past the end)")
         n_used = -(-shape[0] // chunk_shape[0])
         chunk_bytes = chunk_shape[0] * row_bytes
         contiguous = bool(used[:n_used].all() and (offsets[:n_used] == np.arange(n_used) * chunk_bytes).all())
-        return cls(shard, (shape[0], shape[1]), dtype, chunk_shape[0], offsets, meta.get("attributes", {}), contiguous)
+        raw = cls(shard, (shape[0], shape[1]), dtype, chunk_shape[0], offsets, meta.get("attributes", {}), contiguous)
+        raw._fd, raw._pid = fd, os.getpid()
+        return raw
 
     # ------------------------------------------------------------------ file handle
     @property

@@ -4,7 +4,12 @@
 that asks zarr once per clip spends a second per thousand clips. Here a
 multi-clip read finds its clips with one dictionary and numpy, groups clips
 that lie next to each other in a part into one read, and reads values with
-``os.preadv`` into the result (``rawread``).
+``os.preadv`` into the result (``rawread``). Opening a part reads no JSON (its
+metadata is consolidated in the spec's ``zarr.json``): one ``open`` and one small
+read of its shard index. A scan (runs of 4 MiB and more) reads two runs at a
+time in threads: two copies from the page cache on two cores, or two reads
+queued on a cold disk. ``times`` and ``pooled`` (one chunk each) are read from
+their file and checked without zarr's codec pipeline.
 
 Integrity: every read checks what it touched. Format 2 parts carry an xxh3-64
 checksum of each clip's rows (in the index) and of each part's whole values (in
@@ -18,8 +23,10 @@ A mismatch raises ``CorruptDataError`` naming the file, feature, part and clip.
 """
 from __future__ import annotations
 
+import threading
 from bisect import bisect_right
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -37,7 +44,8 @@ Pooling = Literal["mean", "max", "model"]
 _OPEN_FILES = 128  # shard descriptors a reader keeps open (least recently used are closed)
 _ARRAYS = ("values", "times", "pooled")
 _BLOCK = 1 << 20  # bytes read before they are checked: small enough to be checked in cache
-_PREFETCH = 4 << 20  # runs of this many bytes on average (a scan) prefetch the next run
+_PREFETCH = 4 << 20  # runs of this many bytes on average make a scan
+_SCAN_THREADS = 2  # threads reading the runs of a scan
 
 
 class CorruptDataError(StoreError):
@@ -84,12 +92,16 @@ class FeatureReader:
             )
         self.complete = L.read_json(complete)
         self.format = L.check_format(self.complete, complete)
-        attrs = L.node_attrs(self.dir)
+        node = L.node_meta(self.dir)
+        attrs = node.get("attributes", {})
+        # finalize consolidates every part's array metadata here: opening a part reads no JSON
+        self._consolidated: dict = (node.get("consolidated_metadata") or {}).get("metadata") or {}
         self.spec = FeatureSpec.from_dict(attrs["spec"])
         self.input: str = attrs.get("input", "media")
         self.provenance = attrs.get("provenance", {})
         self._parts: dict[str, _Part] = {}
         self._open: OrderedDict[str, RawRows] = OrderedDict()
+        self._lock = threading.RLock()  # scans read runs in threads: parts are opened under it
 
     # ------------------------------------------------------------------ index
     @cached_property
@@ -106,18 +118,19 @@ class FeatureReader:
     def _table(self) -> _Table:
         idx = self._index
         ids = idx["clip_id"].to_list()
-        names, part = np.unique(idx["part"].to_numpy().astype(str), return_inverse=True)
+        names = idx["part"].unique().sort()
+        part = idx["part"].rank("dense").to_numpy().astype(np.int64) - 1  # into the sorted names
         digest = idx[L.DIGEST]
         return _Table(
             ids=ids,
             pos={c: i for i, c in enumerate(ids)},
-            part=part.astype(np.int64).reshape(-1),
+            part=part.reshape(-1),
             start=idx["row_start"].to_numpy().astype(np.int64),
             end=idx["row_end"].to_numpy().astype(np.int64),
             digest=digest.fill_null(0).to_numpy().astype(np.uint64),
             checked=digest.is_not_null().to_numpy(),
             item=idx["item"].to_numpy().astype(np.int64),
-            names=names.tolist(),
+            names=names.to_list(),
         )
 
     @property
@@ -163,41 +176,63 @@ class FeatureReader:
             "files, then delete the part's folder and rerun `clmer-features extract` to recompute its clips"
         )
 
-    def _part_dir(self, part: str) -> Path:
-        """A part the index names; one clear error when it is gone from disk."""
+    def _gone(self, part: str) -> StoreError:
         path = self.dir / L.PARTS_DIR / part
-        if not (path / L.PART_FILE).exists():
-            raise StoreError(
-                f"{self.spec.feature}/{self.spec.spec_id}: part {part} (named by the index) is missing from disk "
-                f"({path}); run `clmer-features verify --repair`, then rerun extract to recompute its clips"
-            )
-        return path
+        return StoreError(
+            f"{self.spec.feature}/{self.spec.spec_id}: part {part} (named by the index) is missing from disk "
+            f"({path}); run `clmer-features verify --repair`, then rerun extract to recompute its clips"
+        )
+
+    def _array_meta(self, part: str, name: str) -> dict | None:
+        """An array's ``zarr.json``: from the spec's consolidated metadata, else its own file."""
+        meta = self._consolidated.get(f"{L.PARTS_DIR}/{part}/{name}")
+        if meta is None:
+            path = self.dir / L.PARTS_DIR / part / name / L.ZARR_JSON
+            meta = L.read_json(path) if path.exists() else None
+        return meta
 
     def _part(self, name: str) -> _Part:
         p = self._parts.get(name)
-        if p is None:
-            pdir = self._part_dir(name)
-            try:
-                raw = RawRows.open(pdir / "values")
-            except CorruptShard as exc:
-                raise self._corrupt(exc.path, name, exc.what) from None
-            if raw is not None:
-                rows, whole = raw.shape[0], raw.attrs.get(L.DIGEST)
-            else:
-                meta = L.read_json(pdir / "values" / L.ZARR_JSON) if (pdir / "values" / L.ZARR_JSON).exists() else {}
-                rows, whole = (meta.get("shape") or [0])[0], meta.get("attributes", {}).get(L.DIGEST)
-            p = self._parts[name] = _Part(name, pdir, raw, int(rows), None if whole is None else int(whole, 16))
+        if p is not None:
+            return p
+        with self._lock:
+            p = self._parts.get(name)
+            if p is None:
+                p = self._open_part(name)
+                if p.raw is not None:
+                    self._fd_opened(p)
+                self._parts[name] = p
         return p
+
+    def _open_part(self, name: str) -> _Part:
+        """A part the index names: its values shard opened (one ``open``, one read of the
+        shard index); one clear error when it is gone from disk."""
+        pdir = self.dir / L.PARTS_DIR / name
+        try:
+            raw = RawRows.open(pdir / "values", self._consolidated.get(f"{L.PARTS_DIR}/{name}/values"))
+        except FileNotFoundError:
+            raise self._gone(name) from None
+        except CorruptShard as exc:
+            raise self._corrupt(exc.path, name, exc.what) from None
+        if raw is not None:
+            rows, whole = raw.shape[0], raw.attrs.get(L.DIGEST)
+        else:
+            if not (pdir / L.PART_FILE).exists():
+                raise self._gone(name)
+            meta = self._array_meta(name, "values") or {}
+            rows, whole = (meta.get("shape") or [0])[0], meta.get("attributes", {}).get(L.DIGEST)
+        return _Part(name, pdir, raw, int(rows), None if whole is None else int(whole, 16))
 
     def _fd_opened(self, p: _Part) -> RawRows:
         """The part's raw reader, counted among the shards kept open (closing the oldest)."""
         raw = p.raw
         assert raw is not None
-        self._open[p.name] = raw
-        self._open.move_to_end(p.name)
-        while len(self._open) > _OPEN_FILES:
-            _, old = self._open.popitem(last=False)
-            old.close()
+        with self._lock:
+            self._open[p.name] = raw
+            self._open.move_to_end(p.name)
+            while len(self._open) > _OPEN_FILES:
+                _, old = self._open.popitem(last=False)
+                old.close()
         return raw
 
     def _check_legacy(self, p: _Part) -> None:
@@ -227,7 +262,15 @@ class FeatureReader:
         return p.arrays[name]
 
     def _zarr_read(self, p: _Part, name: str, sel: slice = slice(None)) -> np.ndarray | None:
-        """Read a small array (times, pooled) through zarr, whose crc32c codec checks it."""
+        """Read a small array (times, pooled), checked by its crc32c codec: the one chunk the
+        store writes straight from its file (zarr's pipeline costs about a millisecond a call),
+        any other layout through zarr."""
+        meta = self._array_meta(p.name, name)
+        if meta is None:
+            return None
+        direct = self._read_checked_chunk(p, name, meta)
+        if direct is not None:
+            return direct[sel]
         arr = self._zarr(p, name)
         if arr is None:
             return None
@@ -240,6 +283,33 @@ class FeatureReader:
                 raise
             raise self._corrupt(p.dir / name / "c" / "0", p.name, "zarr's crc32c check failed") from None
 
+    def _read_checked_chunk(self, p: _Part, name: str, meta: dict) -> np.ndarray | None:
+        """An array stored as one chunk with the codecs ``bytes`` (little endian) and ``crc32c``
+        (what the store writes for times and pooled), read and checked; None for another layout."""
+        shape, codecs = meta.get("shape") or [], meta.get("codecs") or []
+        if (
+            [c.get("name") for c in codecs] != ["bytes", "crc32c"]
+            or codecs[0].get("configuration", {}).get("endian", "little") != "little"
+            or meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape") != shape
+            or meta.get("chunk_key_encoding", {}).get("name", "default") != "default"
+            or meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/") != "/"
+        ):
+            return None
+        import google_crc32c
+
+        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+        path = p.dir / name / "/".join(["c"] + ["0"] * len(shape))
+        try:
+            raw = bytearray(path.read_bytes())  # writable arrays, as zarr returns
+        except FileNotFoundError:
+            return None  # never written: zarr reads its fill value
+        want = int(np.prod(shape)) * dtype.itemsize + 4
+        if len(raw) != want:
+            raise self._corrupt(path, p.name, f"{len(raw)} bytes where {want} were written; crc32c check failed")
+        if google_crc32c.value(bytes(raw[:-4])) != int.from_bytes(raw[-4:], "little"):
+            raise self._corrupt(path, p.name, "the chunk's crc32c check failed")
+        return np.frombuffer(raw, dtype=dtype, count=want // dtype.itemsize - 1).reshape(shape)
+
     @staticmethod
     def _has_crc32c(arr) -> bool:
         return any(getattr(c, "to_dict", lambda: {})().get("name") == "crc32c" for c in arr.metadata.codecs)
@@ -250,9 +320,9 @@ class FeatureReader:
     @cached_property
     def dim(self) -> int:
         for name in self._table.names:
-            meta = self.dir / L.PARTS_DIR / name / "values" / L.ZARR_JSON
-            if meta.exists():
-                return int(L.read_json(meta)["shape"][1])
+            meta = self._array_meta(name, "values")
+            if meta is not None:
+                return int(meta["shape"][1])
         return 0
 
     @cached_property
@@ -351,12 +421,24 @@ class FeatureReader:
         breaks = np.flatnonzero((parts[1:] != parts[:-1]) | (starts[1:] != ends[:-1])) + 1
         bounds = np.concatenate([[0], breaks, [len(sel)]]).tolist()
         sel_l, off_l = sel.tolist(), offsets.tolist()
-        big = (off_l[-1] * out.shape[1] * out.itemsize) // max(1, len(bounds) - 1) >= _PREFETCH
-        for r, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
-            if big and r + 2 < len(bounds):  # large runs (a scan): the next one comes from disk meanwhile
-                self._will_need(t, sel_l, bounds[r + 1], bounds[r + 2], off_l)
-            if off_l[b] > off_l[a]:
-                self._read_run(t, sel_l, a, b, off_l, out)
+        runs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if off_l[b] > off_l[a]]
+        big = (off_l[-1] * out.shape[1] * out.itemsize) // max(1, len(runs)) >= _PREFETCH
+        if big and len(runs) > 1 and _SCAN_THREADS > 1:
+            # a scan: runs are read (and checked) by a few threads at once: two copies from the
+            # page cache at a time, or two reads queued on the disk when it is cold
+            with ThreadPoolExecutor(_SCAN_THREADS) as pool:
+                jobs = [pool.submit(self._read_run, t, sel_l, a, b, off_l, out) for a, b in runs]
+                try:
+                    for job in jobs:
+                        job.result()  # the first failure in request order
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)
+                    raise
+            return out, offsets
+        for r, (a, b) in enumerate(runs):
+            if big and r + 1 < len(runs):  # large runs (a scan): the next one comes from disk meanwhile
+                self._will_need(t, sel_l, *runs[r + 1], off_l)
+            self._read_run(t, sel_l, a, b, off_l, out)
         return out, offsets
 
     def lengths(self, clip_ids: Sequence[str]) -> np.ndarray:
@@ -370,7 +452,7 @@ class FeatureReader:
         p = self._part(t.names[t.part[sel[a]]])
         if p.raw is not None:
             lo = int(t.start[sel[a]])
-            self._fd_opened(p).will_need(lo, lo + offsets[b] - offsets[a])
+            p.raw.will_need(lo, lo + offsets[b] - offsets[a])
 
     def get_many(self, clip_ids: Sequence[str]) -> list[np.ndarray]:
         """Rows of many clips, in the order asked (views into one buffer; see ``sequences``)."""
