@@ -6,7 +6,17 @@ One run prints a table of times and ratios and records it in benchmarks/results/
 with the machine's `uptime` before and after (the machine is shared: run it under
 `flock /tmp/clmer-heavy.lock`).
 
-    .venv/bin/python benchmarks/store_io.py [--clips 20000] [--out DIR]
+    .venv/bin/python benchmarks/store_io.py [--clips 20000] [--compare-write main] [--out FILE]
+
+``--compare-write REV`` (repeatable) also times the store writer of git revision REV
+(its ``clmer_features`` from ``git archive``) against this tree's, each in a fresh process
+on the same data, alternating, in the same run.
+
+Cold reads are cold for this machine's page cache: every file is dropped with
+``posix_fadvise(DONTNEED)`` after ``os.sync()`` (dirty pages cannot be dropped), and
+``fincore`` confirms what stayed resident. A cold store read opens the store afresh (index,
+metadata, shards), as a new process would, like the HDF5 read opens its file; methods
+alternate within each repetition so that they share the machine's state.
 """
 from __future__ import annotations
 
@@ -15,6 +25,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,16 +40,70 @@ D = 768
 PART_CLIPS = 256
 
 
+def _files(paths: list[Path]) -> list[Path]:
+    return [f for root in paths for f in ([root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()))]
+
+
 def evict(paths: list[Path]) -> None:
-    """Drop files from the page cache (cold reads)."""
-    for root in paths:
-        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
-        for p in files:
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            finally:
-                os.close(fd)
+    """Drop files from the page cache (cold reads); dirty pages stay, so sync first."""
+    os.sync()
+    for p in _files(paths):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def resident(paths: list[Path]) -> int | None:
+    """Bytes of ``paths`` in the page cache (``fincore``), or None without it."""
+    if not shutil.which("fincore"):
+        return None
+    files = [str(p) for p in _files(paths)]
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", *files], capture_output=True, text=True)
+    return sum(int(x) for x in out.stdout.split()) if out.returncode == 0 else None
+
+
+def write_parts(root: Path, flat: np.ndarray, offsets: np.ndarray) -> float:
+    """Write ``flat`` (rows of the clips ``offsets`` delimits) as one store; seconds, finalize included."""
+    ids = [f"clip{i:06d}" for i in range(len(offsets) - 1)]
+    spec = FeatureSpec.create("bench", model_id="synthetic", params={"dim": flat.shape[1]})
+    store = open_store(root, "bench", create=True)
+    t = time.perf_counter()
+    fw = store.feature_writer(spec)
+    for lo in range(0, len(ids), PART_CLIPS):
+        hi = min(lo + PART_CLIPS, len(ids))
+        with fw.part(part_name(ids[lo:hi])) as p:
+            for i in range(lo, hi):
+                p.add(ids[i], ids[i], flat[offsets[i] : offsets[i + 1]])
+    fw.finalize()
+    return time.perf_counter() - t
+
+
+def compare_writes(revs: list[str], work: Path, flat_path: Path, offsets_path: Path, repeat: int = 2) -> list[tuple[str, float]]:
+    """Seconds of the writers of git revisions ``revs`` and of this tree, each in a fresh
+    process, alternating."""
+    repo = Path(__file__).resolve().parent.parent
+    trees = []
+    for rev in revs:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", rev], capture_output=True, text=True, check=True).stdout.strip()
+        old = work / f"rev-{sha}"
+        old.mkdir()
+        archive = subprocess.run(["git", "-C", str(repo), "archive", rev, "clmer_features"], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+        trees.append((f"{rev} ({sha})", old))
+    trees.append(("this tree", repo))
+    best: dict[str, float] = {}
+    for k in range(repeat):
+        for n, (label, tree) in enumerate(trees):
+            target = work / f"w-{k}-{n}"
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            out = subprocess.run([sys.executable, __file__, "--write-only", str(target), str(flat_path), str(offsets_path)],
+                                 capture_output=True, text=True, env=env, check=True).stdout
+            best[label] = min(best.get(label, float("inf")), float(out.split()[-1]))
+            shutil.rmtree(target, ignore_errors=True)
+            os.sync()
+    return list(best.items())
 
 
 def timed(fn, repeat: int = 3) -> tuple[float, object]:
@@ -51,7 +116,12 @@ def timed(fn, repeat: int = 3) -> tuple[float, object]:
 
 
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--write-only":  # a process of --compare-write
+        root, flat_path, offsets_path = map(Path, sys.argv[2:])
+        print(write_parts(root, np.load(flat_path), np.load(offsets_path)))
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--compare-write", metavar="REV", action="append", default=[], help="also time the writer of this git revision (repeatable)")
     ap.add_argument("--clips", type=int, default=20_000)
     ap.add_argument("--random", type=int, default=1000)
     ap.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temp dir on the same disk as /tmp)")
@@ -70,18 +140,11 @@ def main() -> None:
     rows: list[tuple[str, str, float, float, str]] = []
     try:
         # ---------------------------------------------------------------- writes
-        spec = FeatureSpec.create("bench", model_id="synthetic", params={"dim": D})
         store = open_store(work / "cache", "bench", create=True)
 
         def write_store():
-            shutil.rmtree(store.root / "features", ignore_errors=True)
-            fw = store.feature_writer(spec)
-            for lo in range(0, args.clips, PART_CLIPS):
-                hi = min(lo + PART_CLIPS, args.clips)
-                with fw.part(part_name(ids[lo:hi])) as p:
-                    for i in range(lo, hi):
-                        p.add(ids[i], ids[i], flat[offsets[i] : offsets[i + 1]])
-            fw.finalize()
+            shutil.rmtree(store.root, ignore_errors=True)
+            write_parts(store.root.parent, flat, offsets)
 
         def synced(fn):
             os.sync()
@@ -111,6 +174,10 @@ def main() -> None:
         t_h5_w, t_h5_ws = synced(write_h5)
         flat_path = work / "flat.npy"
         np.save(flat_path, flat)
+        offsets_path = work / "offsets.npy"
+        np.save(offsets_path, offsets)
+        os.sync()
+        compared = compare_writes(args.compare_write, work, flat_path, offsets_path) if args.compare_write else []
 
         mb = nbytes / 1e6
         rows.append(("write", "per-clip .npy", t_npy_w, mb / t_npy_w, "baseline"))
@@ -119,6 +186,9 @@ def main() -> None:
         rows.append(("write + os.sync to disk", "per-clip .npy", t_npy_ws, mb / t_npy_ws, "baseline"))
         rows.append(("write + os.sync to disk", "clmer store", t_store_ws, mb / t_store_ws, f"{t_npy_ws / t_store_ws:.2f}x faster"))
         rows.append(("write + os.sync to disk", "HDF5 (one dataset)", t_h5_ws, mb / t_h5_ws, f"{t_npy_ws / t_h5_ws:.2f}x faster"))
+        for label, t in compared:
+            rows.append(("write, a fresh process each, same data, best of 2", f"clmer store, {label}", t, mb / t,
+                         f"{compared[0][1] / t:.2f}x the speed of {compared[0][0]}"))
 
         reader = open_store(work / "cache", "bench").feature("bench")
         order = ids  # the reader returns rows in the order asked
@@ -149,18 +219,24 @@ def main() -> None:
         rows.append(("full read, warm", "HDF5", t_hall, mb / t_hall, f"{t_hall / t_flat:.2f}x"))
 
         # ---------------------------------------------------------------- full read, cold
-        def cold(fn, paths):
-            evict(paths)
-            t = time.perf_counter()
-            fn()
-            return time.perf_counter() - t
+        def read_store_fresh():  # a new reader: index, metadata and shards opened cold too
+            return open_store(work / "cache", "bench").feature("bench").sequences(order)[0]
 
-        c_store = min(cold(read_store_all, [store.root]) for _ in range(2))
-        c_npy = min(cold(read_npy_all, [npy_dir]) for _ in range(2))
-        c_flat = min(cold(read_flat, [flat_path]) for _ in range(2))
-        c_h5 = min(cold(read_h5_all, [h5_path]) for _ in range(2))
+        methods = [("clmer store", read_store_fresh, [store.root]), ("per-clip .npy", read_npy_all, [npy_dir]),
+                   ("np.load one flat file", read_flat, [flat_path]), ("HDF5", read_h5_all, [h5_path])]
+        cold_t: dict[str, float] = {}
+        left: dict[str, int | None] = {}
+        for _ in range(3):  # the methods alternate: each repetition sees the machine in one state
+            for name, fn, paths in methods:
+                evict([work])
+                res = resident(paths)
+                left[name] = None if res is None else max(res, left.get(name) or 0)
+                t = time.perf_counter()
+                fn()
+                cold_t[name] = min(cold_t.get(name, float("inf")), time.perf_counter() - t)
+        c_store, c_npy, c_flat, c_h5 = (cold_t[m[0]] for m in methods)
         rows.append(("full read, cold", "per-clip .npy", c_npy, mb / c_npy, "baseline"))
-        rows.append(("full read, cold", "clmer store", c_store, mb / c_store, f"{c_npy / c_store:.1f}x faster than per-clip .npy (need >= 3x)"))
+        rows.append(("full read, cold", "clmer store (opened afresh)", c_store, mb / c_store, f"{c_npy / c_store:.1f}x faster than per-clip .npy (need >= 3x)"))
         rows.append(("full read, cold", "np.load one flat file", c_flat, mb / c_flat, f"{c_npy / c_flat:.1f}x faster"))
         rows.append(("full read, cold", "HDF5", c_h5, mb / c_h5, f"{c_npy / c_h5:.1f}x faster"))
         rows.append(("full read, cold", "clmer store / HDF5", c_store, mb / c_store, f"{c_store / c_h5:.2f}x the time of HDF5 (need <= 1.2x)"))
@@ -196,8 +272,12 @@ def main() -> None:
         f"# Store I/O benchmark\n\n{args.clips} clips, {total_rows} rows x {D} float16 ({nbytes / 1e6:.0f} MB); "
         f"parts of {PART_CLIPS} clips. Machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()} "
         f"(shared with other work). Every store read checks the checksums of the rows it read. "
-        f"Reads: best of 3 (cold: best of 2 after posix_fadvise DONTNEED); writes: one each, into the page cache, then with os.sync to disk. "
-        f"One run of `python benchmarks/store_io.py`.\n\n"
+        f"Reads: best of 3. Cold reads: best of 3, the methods alternating, each after os.sync and posix_fadvise(DONTNEED) "
+        f"of every file (bytes still in the page cache right before a cold read, most seen: "
+        f"{', '.join(f'{k} {v}' for k, v in left.items())}; None: no fincore); the cold store read opens the store afresh. "
+        f"The disk is a VM's virtio disk: the host may cache it. "
+        f"Writes: one each, into the page cache, then with os.sync to disk. "
+        f"One run of `python benchmarks/store_io.py{''.join(' --compare-write ' + r for r in args.compare_write)}`.\n\n"
         f"`uptime` before: `{up_before}`  \n`uptime` after: `{up_after}`\n\n"
     )
     table = "| case | method | seconds | MB/s | ratio |\n|---|---|---:|---:|---|\n" + "".join(
