@@ -254,7 +254,11 @@ def write_md(path: Path, r: dict[str, Any], default: str, note: str) -> None:
              "", table(r), "",
              "wF1: test weighted-F1 of the heads (mean of seeds 0-2), BERT MiniLM-L6 trained on the reference words of "
              "meld_e2e's train and dev clips; in brackets the share of the same heads' weighted-F1 on the reference "
-             "words. Same text: transcripts equal, character for character, to per-clip's.", "", "## Checks", "",
+             "words. Same text: transcripts equal, character for character, to per-clip's."]
+    if not c:
+        lines += ["", "## Checks", "", "- None: per-clip or the judged configuration was not run."]
+    else:
+        lines += ["", "## Checks", "",
              f"- Judged configuration: {default}. Speed-up {c['speedup']:.2f}x over per-clip (>= 3x: "
              f"{'yes' if c['speedup_3x'] else 'NO'}); WER {c['wer_delta'] * 100:+.2f} points (<= +1: "
              f"{'yes' if c['wer_within_1pt'] else 'NO'}); ASR words keep "
