@@ -35,6 +35,7 @@ import numpy as np
 import polars as pl
 
 from clmer_features.errors import ClmerError
+from clmer_features.store.layout import atomic_write_bytes
 from clmer_fusion.data import FusionData
 from clmer_fusion.explain import all_subsets, explain_outputs, format_share, prior_of, shares_of
 from clmer_fusion.fit import TrainConfig
@@ -262,9 +263,7 @@ def write_outputs(out: BenchOutput, out_dir: str | Path) -> dict[str, str]:
     for key, cm in out.confusions.items():
         name = "confusion_" + key.replace("/", "_")
         paths[name] = confusion_png(cm, out.classes, d / f"{name}.png", title=f"{key} (all modalities, test)")
-    tmp = paths["record"].with_suffix(".tmp")
-    tmp.write_text(json.dumps(out.record, indent=2, default=str))
-    tmp.replace(paths["record"])
+    atomic_write_bytes(paths["record"], json.dumps(out.record, indent=2, default=str).encode())
     out.paths = {k: str(v) for k, v in paths.items()}
     return out.paths
 

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 
 from clmer_fusion.data import FusionData
+from clmer_features.store.layout import atomic_write_bytes
 from clmer_fusion.fit import Fitted, TrainConfig, fit
 from clmer_fusion.metrics import score
 from clmer_fusion.protocols import make_folds, normalize
@@ -86,9 +87,7 @@ class Result:
             "splits": self.metrics_by_split(), "summary": self.summary(),
         }
         paths = {"metrics": out / "metrics.json", "predictions": out / "combined_results.csv"}
-        tmp = paths["metrics"].with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(payload, indent=2, default=_jsonable))
-        tmp.replace(paths["metrics"])
+        atomic_write_bytes(paths["metrics"], json.dumps(payload, indent=2, default=_jsonable).encode())
         self.predictions.write_csv(paths["predictions"])
         return paths
 

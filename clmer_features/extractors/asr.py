@@ -704,10 +704,10 @@ def export_transcripts(store: Any, out_path: str | Path, feature: str = "asr") -
     """
     table = transcripts_table(store, feature)
     out = transcripts_path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    table.write_csv(tmp)
-    tmp.replace(out)
+    from clmer_features.store.layout import atomic_output
+
+    with atomic_output(out) as tmp:
+        table.write_csv(tmp)
     return table.height
 
 

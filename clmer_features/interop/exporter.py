@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +23,7 @@ from tqdm import tqdm
 
 from clmer_features.interop.formats import FORMATS, InteropError, encode_name
 from clmer_features.store import FeatureReader, open_store
+from clmer_features.store.layout import atomic_output
 
 BATCH = 512
 FLUSH_ROWS = 1 << 16  # HDF5 packed export: rows buffered before each append
@@ -85,24 +84,13 @@ def export_features(
     ids = reader.clip_ids
     if not ids:
         raise InteropError(f"{feature}/{reader.spec.spec_id}: no clips to export")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_output(out) as tmp:
         if fmt == "npy":
             _write_npy(tmp, _batches(reader, ids, progress), layout)
         elif fmt == "hdf5":
             _write_h5(tmp, _batches(reader, ids, progress), layout, h5_layout, reader, key)
         else:
             _write_mmsa(tmp, _batches(reader, ids, progress), layout, store.clips(), key or feature)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
-        raise
     return ExportSummary(feature, reader.spec.spec_id, fmt, str(out), len(ids), layout, str(reader.spec.params.get("dtype", "float16")))
 
 

@@ -300,15 +300,12 @@ def rows_to_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
 def write_manifest(rows: list[dict[str, Any]], out: Path) -> Path:
     """Write rows as CSV (UTF-8) or Parquet, by the extension of ``out``; atomically."""
     df = rows_to_frame(rows)
+    from clmer_features.store.layout import atomic_output
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
     suffix = out.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        df.write_parquet(tmp)
-    elif suffix == ".csv":
-        df.write_csv(tmp)
-    else:
+    if suffix not in (".parquet", ".pq", ".csv"):
         raise RecipeError(f"{out}: unknown manifest extension {suffix!r} (use .csv or .parquet)")
-    os.replace(tmp, out)
+    with atomic_output(out) as tmp:
+        df.write_csv(tmp) if suffix == ".csv" else df.write_parquet(tmp)
     return out

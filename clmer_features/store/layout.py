@@ -34,14 +34,16 @@ Format 1 stores keep reading and resuming: new parts are format 2, old ones stay
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
-import tempfile
+import shutil
+import uuid
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import polars as pl
 import xxhash
@@ -110,20 +112,39 @@ def feature_dir(root: Path, feature: str, spec_id: str) -> Path:
     return root / FEATURES_DIR / feature / spec_id
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename over it."""
+@contextlib.contextmanager
+def atomic_output(path: Path, *, sync: bool = False) -> Iterator[Path]:
+    """The one way this project writes a file (or folder) atomically: yields a temporary path
+    beside ``path`` (same folder, so the rename is atomic; a name no other writer uses); when
+    the block ends without an error it replaces ``path`` (``sync``: fsync'd first), when it
+    raises it is removed. A folder written there replaces a folder at ``path``."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        if sync and tmp.is_file():
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)
+        elif tmp.is_file() and path.is_dir():
+            shutil.rmtree(path)
+        elif tmp.is_dir() and path.exists():
+            path.unlink()
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, fsync'd."""
+    with atomic_output(path, sync=True) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -131,16 +152,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_write_parquet(path: Path, df: pl.DataFrame) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=path.parent, suffix=".parquet")
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         df.write_parquet(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_json(path: Path) -> Any:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import polars as pl
 
 from clmer_features.device import resolve_device
 from clmer_features.errors import ClmerError, StoreError
+from clmer_features.store.layout import atomic_write_bytes
 from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION, DEFAULT_MAX_NEW_TOKENS, NO_AUDIO_POLICIES, SILENCE_SECONDS
 from clmer_fusion.r1omni.score import normalize_label, ov_scores, score
 from clmer_fusion.record import git_revision, machine, package_versions
@@ -78,9 +78,7 @@ def clip_filename(clip_id: str) -> str:
 
 
 def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8"))
 
 
 
