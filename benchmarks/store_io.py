@@ -38,6 +38,7 @@ from clmer_features.store import open_store, part_name
 
 D = 768
 PART_CLIPS = 256
+RANDOM_REPEAT = 9  # random-clip reads: best of this many, the methods alternating
 
 
 def _files(paths: list[Path]) -> list[Path]:
@@ -244,18 +245,22 @@ def main() -> None:
         # ---------------------------------------------------------------- random clips, warm
         pick = [ids[i] for i in rng.choice(args.clips, size=args.random, replace=False)]
         read_store_all(); read_npy_all()
-        t_rs, got = timed(lambda: reader.get_many(pick))
+        got = reader.get_many(pick)
         for cid, g in zip(pick[:50], got[:50]):
             i = int(cid[4:])
             assert np.array_equal(g, flat[offsets[i] : offsets[i + 1]])
-        t_rn, _ = timed(lambda: [np.load(npy_dir / f"{c}.npy") for c in pick])
 
         def h5_random():
             with h5py.File(h5_path, "r") as f:
                 v = f["values"]
                 return [v[offsets[int(c[4:])] : offsets[int(c[4:]) + 1]] for c in pick]
 
-        t_rh, _ = timed(h5_random)
+        rand = {"store": lambda: reader.get_many(pick), "npy": lambda: [np.load(npy_dir / f"{c}.npy") for c in pick], "h5": h5_random}
+        best: dict[str, float] = {}
+        for _ in range(RANDOM_REPEAT):  # ~30 ms each: the methods alternate, best of many
+            for k, fn in rand.items():
+                best[k] = min(best.get(k, float("inf")), timed(fn, repeat=1)[0])
+        t_rs, t_rn, t_rh = best["store"], best["npy"], best["h5"]
         t_rloop, _ = timed(lambda: [reader.get(c) for c in pick[:200]], repeat=1)
         t_rloop *= args.random / 200
         rmb = sum(lengths[int(c[4:])] for c in pick) * D * 2 / 1e6
@@ -272,7 +277,7 @@ def main() -> None:
         f"# Store I/O benchmark\n\n{args.clips} clips, {total_rows} rows x {D} float16 ({nbytes / 1e6:.0f} MB); "
         f"parts of {PART_CLIPS} clips. Machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()} "
         f"(shared with other work). Every store read checks the checksums of the rows it read. "
-        f"Reads: best of 3. Cold reads: best of 3, the methods alternating, each after os.sync and posix_fadvise(DONTNEED) "
+        f"Reads: best of 3 (random clips: best of {RANDOM_REPEAT}, the methods alternating). Cold reads: best of 3, the methods alternating, each after os.sync and posix_fadvise(DONTNEED) "
         f"of every file (bytes still in the page cache right before a cold read, most seen: "
         f"{', '.join(f'{k} {v}' for k, v in left.items())}; None: no fincore); the cold store read opens the store afresh. "
         f"The disk is a VM's virtio disk: the host may cache it. "
