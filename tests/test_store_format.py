@@ -115,6 +115,28 @@ def test_a_format1_store_reads_checks_and_resumes_without_recomputing(format1):
     walk_feature(fw.dir)  # the resumed format 1 feature is a zarr hierarchy now
 
 
+def test_a_rerun_of_extract_migrates_a_format1_spec_without_recomputing(format1):
+    """A format 1 spec is stale (extract finalizes a spec whenever ``stale_reason`` says so,
+    even with nothing to compute): refinalized, it is format 2 and zarr walks it, with the
+    same parts; verify finds the same (nothing but two clips not extracted yet) before and after."""
+    from clmer_features.store.maintenance import verify
+    from clmer_features.store.writer import stale_reason
+
+    fdir = format1.root / "features" / "siglip" / SPEC.spec_id
+    todo = [f"siglip/{SPEC.spec_id}: 2 clip(s) of the manifest snapshot are not extracted yet (rerun extract)"]  # c8, c9
+    rep = verify(format1)
+    assert not rep.corrupt and rep.unfinished == todo  # the old format itself is no finding
+    assert stale_reason(fdir).startswith("finalized in store format 1: a rerun of extract rewrites its metadata")
+    parts = sorted(p.name for p in L.committed_parts(fdir))
+    fw = format1.feature_writer(SPEC)  # what extract does: open the writer, compute nothing new, finalize
+    fw.finalize()
+    assert stale_reason(fdir) is None and L.format_of(L.read_json(fdir / L.COMPLETE_FILE)) == 2
+    assert sorted(p.name for p in L.committed_parts(fdir)) == parts  # no part was rewritten
+    rep = verify(format1)
+    assert not rep.corrupt and rep.unfinished == todo
+    walk_feature(fdir)
+
+
 def walk_feature(spec_dir: Path) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -197,6 +197,8 @@ def verify(store: Store, progress: bool = False) -> VerifyReport:
         else:
             index = _check_index(s.path, where, metas, rep)
             why = stale_reason(s.path)
+            if why is not None and why.startswith("finalized in store format"):
+                why = None  # an older format reads as it is: not unfinished (a rerun of extract migrates it)
             if why is not None and "gone from disk" not in why:  # a lost part is reported as corrupt above
                 rep.unfinished.append(f"{where}: {why} (rerun extract to refinalize)")
             keys = store.current_keys(zarr.open_group(s.path, mode="r").attrs.get("input", "media"))

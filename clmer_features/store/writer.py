@@ -469,7 +469,15 @@ def stale_reason(fdir: Path) -> str | None:
         return f"{L.INDEX_FILE} is missing"
     if L.sha256_file(index) != complete.get("index_sha256"):
         return f"{L.INDEX_FILE} does not match {L.COMPLETE_FILE}"
+    if L.format_of(complete) < L.STORE_FORMAT:
+        return older_format_reason(L.format_of(complete))
     return None
+
+
+def older_format_reason(found: int) -> str:
+    """A spec finalized by an older clmer: readable as it is; a rerun of extract refinalizes it
+    (index, consolidated zarr metadata, format stamp) without recomputing anything."""
+    return f"finalized in store format {found}: a rerun of extract rewrites its metadata in format {L.STORE_FORMAT} (nothing is recomputed)"
 
 
 @contextmanager
