@@ -23,7 +23,8 @@ part names and numbers are the same; only *where* each partition runs changes.
   was done, says so, and a rerun computes only what is missing.
 
 Workers return small results (counts and timings); data goes to parts.
-The store's folder must be the same path on the client and every worker.
+The store's folder must be the same path on the client and every worker, or an object-store
+URL (``s3://bucket/prefix``) that they all reach with their ``AWS_*`` variables.
 """
 from __future__ import annotations
 

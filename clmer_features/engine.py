@@ -166,7 +166,7 @@ def extract(
     from tqdm.auto import tqdm
 
     from clmer_features.store import open_store, part_name
-    from clmer_features.store.lease import Leases, partition_committed, partition_lease
+    from clmer_features.store.lease import open_leases, partition_committed, partition_lease
     from clmer_features.store.writer import stale_reason
 
     ensure_offline()
@@ -241,7 +241,7 @@ def extract(
 
             position = {id(chunk): i for i, (chunk, _) in enumerate(partitions)}
             # Leases split the partitions with other processes on this cache; parts stay the truth.
-            with Leases(store.root) as leases:
+            with open_leases(store.root) as leases:
                 for claimed in leases.claim(partitions, name=partition_lease, done=partition_committed,
                                             skip=done_elsewhere, window=getattr(runner, "window", 1)):
                     if runner is not None:

@@ -63,7 +63,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ClmerError(f"{p}: expected a mapping at the top level")
     base = p.resolve().parent
     for key in ("manifest", "cache"):              # data paths: relative to the config's folder
-        if key in cfg and not Path(cfg[key]).is_absolute():
+        if key in cfg and "://" not in str(cfg[key]) and not Path(cfg[key]).is_absolute():
             cfg[key] = str(base / cfg[key])
     cfg["out"] = str(Path(cfg.get("out") or Path("runs") / p.stem).resolve())   # outputs: the working directory
     return cfg

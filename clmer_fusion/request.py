@@ -45,7 +45,7 @@ class Request:
     """What to read: built once per command and shared by everything the command does."""
 
     manifest: Path
-    cache: Path
+    cache: Path | str                              # a folder, or an object-store URL (s3://bucket/prefix)
     features: tuple[str, ...]
     spec_ids: tuple[tuple[str, str], ...] = ()     # (feature, spec_id) pairs the user chose
     target: str = "label"
@@ -76,7 +76,7 @@ class Request:
         extra = sorted(set(chosen) - set(feats))
         if extra:
             raise ClmerError(f"--spec names {', '.join(extra)}, which is not among the features {', '.join(feats)}")
-        return cls(manifest=Path(manifest), cache=Path(cache), features=feats,
+        return cls(manifest=Path(manifest), cache=str(cache) if "://" in str(cache) else Path(cache), features=feats,
                    spec_ids=tuple(sorted(chosen.items())), target=target, level=level, pool=pool,
                    missing=missing, dataset=dataset, max_frames=int(max_frames), check_fresh=bool(check_fresh))
 

@@ -12,6 +12,7 @@ like ``kill -9``) right after the N-th time the run reaches commit point POINT:
   failures     a spec's failures.parquet is rewritten by finalize
   ledger       the store's ledger.parquet is rewritten by finalize
   complete     a spec's COMPLETE.json is written (the end of finalize)
+  part-upload  (object stores) a part's files are uploaded under its final prefix, its marker not yet
   dask-result  the client has merged the N-th partition result of a Dask run
 
 With POINT ``hold`` and a file path for N, the first partition this process runs waits
@@ -32,6 +33,7 @@ from typing import Any
 
 KILLED = 86  # the exit status of a process this hook killed
 POINTS = ("clips", "part-data", "part", "index", "failures", "ledger", "complete")
+OBJECT_POINTS = ("clips", "part-data", "part-upload", "part", "index", "ledger", "complete")
 
 
 def install(point: str, nth: int) -> dict[str, int]:
@@ -53,15 +55,14 @@ def install(point: str, nth: int) -> dict[str, int]:
 
     def atomic_write_parquet(path: Path, df: Any) -> None:
         write_parquet(path, df)
-        path = Path(path)
         if path.name in by_name and not (path.name == L.INDEX_FILE and path.parent.parent.name == L.PARTS_DIR):
             reached(by_name[path.name])
 
     def atomic_write_json(path: Path, obj: Any) -> None:
         write_json(path, obj)
-        if Path(path).name == L.COMPLETE_FILE:
+        if path.name == L.COMPLETE_FILE:
             reached("complete")
-        elif Path(path).name == L.PART_FILE:
+        elif path.name == L.PART_FILE:
             reached("part-data")
 
     def part_commit(self: Any) -> Path:
@@ -72,6 +73,25 @@ def install(point: str, nth: int) -> dict[str, int]:
     L.atomic_write_parquet = atomic_write_parquet
     L.atomic_write_json = atomic_write_json
     W.PartWriter.commit = part_commit
+
+    # object stores: the completion record and the ledger are conditional puts, parts are uploaded
+    from clmer_features.store.objpath import ObjPath
+
+    put, upload = ObjPath.write_bytes, ObjPath.upload_tree
+    by_object = {L.COMPLETE_FILE: "complete", L.LEDGER_FILE: "ledger"}
+
+    def write_bytes(self: Any, data: bytes, **kw: Any) -> Any:
+        out = put(self, data, **kw)
+        if kw and self.name in by_object:  # the conditional puts of finalize
+            reached(by_object[self.name])
+        return out
+
+    def upload_tree(self: Any, folder: Path, last: Any = None) -> None:
+        upload(self, folder, last)
+        reached("part-upload")
+
+    ObjPath.write_bytes = write_bytes
+    ObjPath.upload_tree = upload_tree
     try:
         from clmer_features import distributed as D
     except ImportError:

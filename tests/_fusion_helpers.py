@@ -13,7 +13,7 @@ from clmer_fusion.synthetic import make_synthetic
 def write_synthetic_store(
     folder: Path, n: int = 240, modalities: Sequence[str] = ("bert", "wav", "vis"), dim: int = 8,
     absent: dict[str, Sequence[int]] | None = None, seed: int = 0, frames: int = 4, sep: float = 4.0,
-    media: bool = False,
+    media: bool = False, cache: str | Path | None = None,
 ) -> tuple[Path, Path, "object"]:
     """Manifest CSV + store under ``folder``; returns (manifest, cache_dir, FusionData truth).
 
@@ -21,7 +21,7 @@ def write_synthetic_store(
     (so mean pooling gives the vector back up to the noise). ``absent[m]`` lists clip indices
     recorded as 'absent' for feature m. ``media``: each clip gets a small file ``media/<clip>.mp4``
     (bytes, never decoded) as its ``video``, and the features are keyed by the media fingerprints,
-    as extracted features are.
+    as extracted features are. ``cache``: another cache root (e.g. ``s3://bucket/prefix``).
     """
     from clmer_features.manifest import read_manifest
     from clmer_features.spec import FeatureSpec
@@ -42,7 +42,7 @@ def write_synthetic_store(
         "fold": meta["fold"], "language": meta["language"], "speaker": meta["speaker"],
     }).write_csv(manifest)
     man = read_manifest(manifest)
-    cache = folder / "cache"
+    cache = folder / "cache" if cache is None else cache
     store = open_store(cache, man.dataset, create=True)
     store.write_clips(man)
     keys = man.keys("media" if media else "text")

@@ -37,3 +37,23 @@ def pytest_collection_finish(session):
     root = Path(__file__).resolve().parents[1]
     bad = [p for p in sys.path if p and Path(p).resolve() in (root / "benchmarks", root / "manifests")]
     assert not bad, f"a test module put {bad} on sys.path; load scripts with importlib by path instead"
+
+
+@pytest.fixture(scope="session")
+def s3_env():
+    """A local S3 API server (moto) for the session: the AWS_* variables that reach it."""
+    from clmer_features.testing_s3 import s3_server
+
+    with s3_server() as env:
+        yield env
+
+
+@pytest.fixture
+def s3_cache(s3_env, monkeypatch):
+    """``s3://<fresh bucket>/cache`` on the session's S3 server, with the AWS_* variables set
+    (child processes inherit them)."""
+    from clmer_features.testing_s3 import new_bucket
+
+    for k, v in s3_env.items():
+        monkeypatch.setenv(k, v)
+    return f"s3://{new_bucket(s3_env)}/cache"

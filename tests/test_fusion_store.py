@@ -125,6 +125,30 @@ def test_bench_grid_record_and_check(store, tmp_path):
     assert r.exit_code == 1 and "1 difference(s)" in r.output and "war" in r.output
 
 
+def test_train_and_bench_check_read_from_s3(s3_cache, tmp_path):
+    """The same synthetic store on a local S3 server and on disk: training from either gives the
+    same numbers, and a bench recorded from S3 passes --check (reading S3 again)."""
+    manifest, cache, _ = write_synthetic_store(tmp_path, n=120)
+    _, s3, _ = write_synthetic_store(tmp_path, n=120, cache=s3_cache)
+    runs = {}
+    for name, root in (("disk", cache), ("s3", s3)):
+        r = CliRunner().invoke(cli, ["train", str(manifest), "--cache", str(root), "--features", "bert,wav",
+                                     "--head", "linear", "--lr", "0.01", "--out", str(tmp_path / name)],
+                               catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        test = json.loads((tmp_path / name / "metrics.json").read_text())["splits"]["test"]
+        runs[name] = {k: v for k, v in test.items() if k != "seconds"}
+    assert runs["s3"] == runs["disk"] and runs["s3"]["n"] > 0 and runs["s3"]["war"] > 0.5
+    cfg = {"manifest": str(manifest), "cache": s3, "features": ["bert", "wav"], "heads": ["linear"], "seeds": [0],
+           "protocols": ["splits"], "train": {"lr": 0.01, "max_epochs": 10}, "out": str(tmp_path / "bench")}
+    (tmp_path / "bench.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(cli, ["bench", str(tmp_path / "bench.yaml"), "--quiet"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["bench", "--check", str(tmp_path / "bench" / "record.json"), "--quiet"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0 and "no differences" in r.output, r.output
+
+
 def test_import_boundary_no_heavy_modules():
     code = (
         "import sys\n"

@@ -9,6 +9,7 @@ import polars as pl
 
 from clmer_features.manifest import read_manifest
 from clmer_features.store import DEFAULT_CACHE, open_store
+from clmer_features.store.objpath import cache_root
 from clmer_features.spec import FeatureSpec
 from clmer_features.store.maintenance import gc as gc_store
 from clmer_features.store.maintenance import superseded_specs
@@ -25,7 +26,7 @@ cache_option = click.option(
 def _datasets(cache_dir: str, dataset: str | None) -> list[str]:
     if dataset:
         return [dataset]
-    root = Path(cache_dir)
+    root = cache_root(cache_dir)
     found = sorted(p.name for p in root.iterdir() if (p / "features").is_dir()) if root.is_dir() else []
     if not found:
         raise click.ClickException(f"no stores under {root}")

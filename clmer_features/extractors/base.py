@@ -113,7 +113,7 @@ class RunInputs:
     finalized one; absent when neither has it). Small and picklable: a Dask worker gets the same
     value and reads earlier outputs (e.g. transcripts) from the store itself."""
 
-    store_root: Path
+    store_root: Path  # or an ObjPath (a store on object storage)
     specs: tuple[tuple[str, FeatureSpec], ...] = ()
 
     def spec_of(self, feature: str) -> FeatureSpec | None:
@@ -121,8 +121,9 @@ class RunInputs:
 
     def store(self) -> Any:
         from clmer_features.store import Store
+        from clmer_features.store.objpath import is_object
 
-        return Store(Path(self.store_root))
+        return Store(self.store_root if is_object(self.store_root) else Path(self.store_root))
 
 
 def checkpoint_provenance(model_dir: Path | None) -> dict[str, Any]:

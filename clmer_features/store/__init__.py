@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import polars as pl
@@ -15,6 +14,7 @@ import polars as pl
 from clmer_features.errors import SpecMismatchError, StoreError
 from clmer_features.spec import FeatureSpec
 from clmer_features.store import layout as L
+from clmer_features.store.objpath import StorePath, cache_root, is_object
 from clmer_features.store.reader import CorruptDataError, FeatureReader, StoreLike
 from clmer_features.store.writer import FeatureWriter, FinalizeSummary, PartWriter, finalize_feature, part_name
 
@@ -40,7 +40,7 @@ DEFAULT_CACHE = "cache"
 class StoredSpec:
     feature: str
     spec: FeatureSpec
-    path: Path
+    path: StorePath
     complete: bool
     finalized_ns: int
 
@@ -50,9 +50,9 @@ class StoredSpec:
 
 
 class Store(StoreLike):
-    """One dataset's cache: ``<cache_dir>/<dataset>/``."""
+    """One dataset's cache: ``<cache_dir>/<dataset>/`` (a local folder or an object-store prefix)."""
 
-    def __init__(self, root: Path, clips: pl.DataFrame | None = None):
+    def __init__(self, root: StorePath, clips: pl.DataFrame | None = None):
         """``clips`` overrides the manifest snapshot (e.g. to ask about a manifest not yet extracted)."""
         self.root = root
         self._keys: pl.DataFrame | None | bool = False if clips is None else clips
@@ -69,7 +69,10 @@ class Store(StoreLike):
 
     def clips(self) -> pl.DataFrame | None:
         path = self.root / L.CLIPS_FILE
-        return pl.read_parquet(path) if path.exists() else None
+        try:
+            return L.read_parquet(path)
+        except FileNotFoundError:
+            return None
 
     def current_keys(self, input: str) -> pl.DataFrame | None:
         """clip_id -> clip_key for a feature whose clips use ``input`` keys ('media', 'text' or
@@ -87,13 +90,14 @@ class Store(StoreLike):
         """Every spec stored (finalized or not), oldest finalize first."""
         base = self.root / L.FEATURES_DIR
         out: list[StoredSpec] = []
-        if not base.is_dir():
+        obj = is_object(base)
+        if not obj and not base.is_dir():
             return out
         for fdir in sorted(base.iterdir()):
-            if not fdir.is_dir() or (feature is not None and fdir.name != feature):
+            if (not obj and not fdir.is_dir()) or fdir.name == L.ZARR_JSON or (feature is not None and fdir.name != feature):
                 continue
             for sdir in sorted(fdir.iterdir()):
-                if not (sdir / "zarr.json").exists() or sdir.name.startswith(L.TMP_PREFIX):
+                if sdir.name == L.ZARR_JSON or sdir.name.startswith(L.TMP_PREFIX) or not (sdir / "zarr.json").is_file():
                     continue
                 spec = FeatureSpec.from_dict(L.node_attrs(sdir)["spec"])
                 complete = sdir / L.COMPLETE_FILE
@@ -146,19 +150,22 @@ class Store(StoreLike):
         return finalize_feature(self.root, feature, spec_id)
 
     def ledger(self) -> pl.DataFrame:
-        path = self.root / L.LEDGER_FILE
-        return pl.read_parquet(path) if path.exists() else L.empty_ledger()
+        try:
+            return L.read_parquet(self.root / L.LEDGER_FILE)
+        except FileNotFoundError:
+            return L.empty_ledger()
 
     def __repr__(self) -> str:
         return f"<Store {self.root}: {', '.join(self.features()) or 'empty'}>"
 
 
 def open_store(cache_dir: str | os.PathLike[str] | None, dataset: str, create: bool = False) -> Store:
-    """Open ``<cache_dir>/<dataset>``; ``create`` makes the folder, otherwise it must exist."""
-    root = Path(cache_dir if cache_dir is not None else os.environ.get("CLMER_CACHE", DEFAULT_CACHE)) / dataset
+    """Open ``<cache_dir>/<dataset>``; ``create`` makes the folder, otherwise it must exist.
+    ``cache_dir`` may be ``s3://bucket/prefix`` (see store/objpath.py); other URLs are refused."""
+    root = cache_root(cache_dir if cache_dir is not None else os.environ.get("CLMER_CACHE", DEFAULT_CACHE)) / dataset
     if create:
         root.mkdir(parents=True, exist_ok=True)
-    elif not root.is_dir():
+    elif not (root / L.ZARR_JSON).is_file() and not root.is_dir():
         raise StoreError(f"no store at {root} (extract features first, or check --cache and --dataset)")
     if create:
         L.ensure_dataset(root)

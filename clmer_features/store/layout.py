@@ -16,6 +16,8 @@
                                       clip_id, row range, xxh3_64 of the clip's rows), PART.json (size and xxh3-64 of
                                       every file; CRC-32 in format 1) written last, then the folder is renamed
     parts/.tmp-<part>-<token>/        a part being written (or abandoned by a crash)
+    parts/<part>~<token>/             on an object store (no rename): a part written under its final prefix,
+                                      committed once its PART.json (written last) is there
     index.parquet                     clip_key -> part, rows (rebuilt by finalize from the parts' own index.parquet)
     records.parquet                   table outputs (e.g. transcripts), merged by finalize
     failures.parquet                  this spec's failures, merged by finalize
@@ -37,9 +39,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import os
 import shutil
+import time
 import uuid
 import zlib
 from pathlib import Path
@@ -50,6 +54,7 @@ import xxhash
 
 from clmer_features import __version__
 from clmer_features.errors import StoreError
+from clmer_features.store.objpath import ObjPath, StorePath, is_object
 
 STORE_FORMAT = 2
 FORMAT_KEY = "store_format"  # in the dataset's and spec's zarr attributes, COMPLETE.json and PART.json
@@ -141,8 +146,12 @@ def atomic_output(path: Path, *, sync: bool = False) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically, fsync'd."""
+def atomic_write_bytes(path: StorePath, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, fsync'd (on an object store, one PUT: readers
+    see the old object or the new one)."""
+    if is_object(path):
+        path.write_bytes(data)
+        return
     with atomic_output(path, sync=True) as tmp:
         tmp.write_bytes(data)
 
@@ -151,16 +160,34 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def atomic_write_parquet(path: Path, df: pl.DataFrame) -> None:
+def parquet_bytes(df: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.write_parquet(buf)
+    return buf.getvalue()
+
+
+def read_parquet(path: StorePath, columns: list[str] | None = None) -> pl.DataFrame:
+    """A parquet file of the store, local or on an object store (one GET)."""
+    if is_object(path):
+        return pl.read_parquet(io.BytesIO(path.read_bytes()), columns=columns)
+    return pl.read_parquet(path, columns=columns)
+
+
+def atomic_write_parquet(path: StorePath, df: pl.DataFrame) -> None:
+    if is_object(path):  # one PUT: readers see the old object or the new one
+        path.write_bytes(parquet_bytes(df))
+        return
     with atomic_output(path) as tmp:
         df.write_parquet(tmp)
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: StorePath) -> Any:
     return json.loads(path.read_text())
 
 
-def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
+def sha256_file(path: StorePath, bufsize: int = 1 << 20) -> str:
+    if is_object(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(bufsize):
@@ -168,8 +195,10 @@ def sha256_file(path: Path, bufsize: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def crc32_file(path: Path, bufsize: int = 4 << 20) -> str:
+def crc32_file(path: StorePath, bufsize: int = 4 << 20) -> str:
     """CRC-32 of a file as 8 hex digits (the file checksum of format 1 parts)."""
+    if is_object(path):
+        return f"{zlib.crc32(path.read_bytes()):08x}"
     crc = 0
     with open(path, "rb") as f:
         while chunk := f.read(bufsize):
@@ -177,9 +206,11 @@ def crc32_file(path: Path, bufsize: int = 4 << 20) -> str:
     return f"{crc:08x}"
 
 
-def xxh3_file(path: Path, bufsize: int = 4 << 20) -> str:
+def xxh3_file(path: StorePath, bufsize: int = 4 << 20) -> str:
     """xxh3-64 of a file as 16 hex digits (the file checksum of format 2 parts: about 20 GB/s
     here, against 1 GB/s for zlib's CRC-32; part checksums guard against corruption, not tampering)."""
+    if is_object(path):
+        return xxhash.xxh3_64_hexdigest(path.read_bytes())
     h = xxhash.xxh3_64()
     with open(path, "rb") as f:
         while chunk := f.read(bufsize):
@@ -193,10 +224,11 @@ def file_entry(data: Any) -> dict[str, Any]:
     return {"size": view.nbytes, DIGEST: f"{xxhash.xxh3_64_intdigest(view):016x}"}
 
 
-def file_mismatch(path: Path, want: dict[str, Any]) -> str | None:
+def file_mismatch(path: StorePath, want: dict[str, Any], size: int | None = None) -> str | None:
     """How a file differs from PART.json's record of it (size, then its xxh3-64 or, in
-    format 1 parts, CRC-32), or None when it matches."""
-    size = path.stat().st_size if path.exists() else -1
+    format 1 parts, CRC-32), or None when it matches; ``size`` when the caller knows it (-1: missing)."""
+    if size is None:
+        size = path.stat().st_size if path.exists() else -1
     if size != want.get("size"):
         return f"truncated or grown: {size} bytes, expected {want.get('size')}" if size >= 0 else "missing"
     if DIGEST in want:
@@ -221,12 +253,55 @@ def file_checksums(
     return out
 
 
-def committed_parts(feature_path: Path) -> list[Path]:
-    """A feature spec's committed part folders, sorted (temporary ones are not parts yet)."""
+def committed_parts(feature_path: StorePath) -> list[Any]:
+    """A feature spec's committed part folders, sorted (temporary ones are not parts yet; on an
+    object store, a part is committed once its marker ``PART.json`` is there)."""
+    if is_object(feature_path):
+        return [feature_path / PARTS_DIR / n for n in sorted(object_parts(feature_path)[0])]
     parts = feature_path / PARTS_DIR
     if not parts.is_dir():
         return []
     return sorted(p for p in parts.iterdir() if p.is_dir() and not p.name.startswith(TMP_PREFIX))
+
+
+# ---------------------------------------------------------------------- object stores
+TWIN_SEP = "~"  # an object-store part is <part name>~<attempt token>: twins never share a key
+
+
+def base_part_name(name: str) -> str:
+    """The partition's part name of a part folder (an object-store part carries its attempt token)."""
+    return name.split(TWIN_SEP, 1)[0]
+
+
+def object_parts(feature_path: ObjPath) -> tuple[set[str], dict[str, float]]:
+    """One listing of ``parts/``: the names of marked (committed) parts, and of every unmarked
+    one the time of its newest object (a writer at work, or a crashed one's leftovers)."""
+    marked: set[str] = set()
+    newest: dict[str, float] = {}
+    for o in (feature_path / PARTS_DIR).walk():
+        rel = o["path"][len((feature_path / PARTS_DIR).key) + 1:]
+        if "/" not in rel:
+            continue  # parts/zarr.json
+        name, rest = rel.split("/", 1)
+        if rest == PART_FILE:
+            marked.add(name)
+        newest[name] = max(newest.get(name, 0.0), o["last_modified"].timestamp())
+    return marked, {n: t for n, t in newest.items() if n not in marked}
+
+
+def remove_tree(path: StorePath, marker: str | None = None) -> None:
+    """Remove a folder so that readers stop seeing it at once: renamed aside then deleted on a
+    local disk; on an object store its ``marker`` object (what makes it visible) goes first."""
+    if is_object(path):
+        if marker:
+            (path / marker).unlink(missing_ok=True)
+        path.delete_tree()
+        return
+    if not path.exists():
+        return
+    trash = path.with_name(f"{TMP_PREFIX}rm-{path.name}-{time.time_ns():x}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def empty_ledger() -> pl.DataFrame:
@@ -262,12 +337,15 @@ def check_format(meta: dict[str, Any], where: Path) -> int:
 
 
 # ---------------------------------------------------------------------- zarr nodes
-def node_meta(folder: Path) -> dict[str, Any]:
+def node_meta(folder: StorePath) -> dict[str, Any]:
     """A zarr v3 node's ``zarr.json``, read as plain JSON (no zarr import on the hot path).
     A spec's carries the consolidated metadata of all its parts (about 2 KB a part): it is
-    parsed once per version of the file (same inode, size and mtime), not once per caller.
+    parsed once per version of the file (same inode, size and mtime), not once per caller
+    (on an object store, once per call: one GET).
     The result is shared: do not modify it."""
     path = folder / ZARR_JSON
+    if is_object(path):
+        return read_json(path)
     st = os.stat(path)
     return _node_meta(str(path), st.st_ino, st.st_size, st.st_mtime_ns)
 
@@ -277,12 +355,12 @@ def _node_meta(path: str, ino: int, size: int, mtime_ns: int) -> dict[str, Any]:
     return read_json(Path(path))
 
 
-def node_attrs(folder: Path) -> dict[str, Any]:
+def node_attrs(folder: StorePath) -> dict[str, Any]:
     """A zarr v3 node's attributes (a copy of the top level: see ``node_meta``)."""
     return dict(node_meta(folder).get("attributes", {}))
 
 
-def write_group(folder: Path, attrs: dict[str, Any], consolidated: dict[str, Any] | None = None) -> None:
+def write_group(folder: StorePath, attrs: dict[str, Any], consolidated: dict[str, Any] | None = None) -> None:
     """Write (atomically) the ``zarr.json`` of a zarr v3 group."""
     meta: dict[str, Any] = {"zarr_format": 3, "node_type": "group", "attributes": attrs}
     if consolidated is not None:
@@ -290,14 +368,14 @@ def write_group(folder: Path, attrs: dict[str, Any], consolidated: dict[str, Any
     atomic_write_json(folder / ZARR_JSON, meta)
 
 
-def update_node_attrs(folder: Path, updates: dict[str, Any]) -> None:
+def update_node_attrs(folder: StorePath, updates: dict[str, Any]) -> None:
     """Merge ``updates`` into a zarr node's attributes, keeping the rest of its ``zarr.json``."""
     meta = read_json(folder / ZARR_JSON)
     meta["attributes"] = {**meta.get("attributes", {}), **updates}
     atomic_write_json(folder / ZARR_JSON, meta)
 
 
-def ensure_group(folder: Path, attrs: dict[str, Any]) -> None:
+def ensure_group(folder: StorePath, attrs: dict[str, Any]) -> None:
     """Make ``folder`` a zarr v3 group if it is not a zarr node yet (concurrent callers
     write the same bytes; an existing node is left as it is)."""
     if not (folder / ZARR_JSON).exists():
@@ -305,7 +383,7 @@ def ensure_group(folder: Path, attrs: dict[str, Any]) -> None:
         write_group(folder, attrs)
 
 
-def ensure_dataset(root: Path) -> None:
+def ensure_dataset(root: StorePath) -> None:
     """Make the dataset folder a zarr group stamped with the store format, or refuse one
     that a newer clmer wrote (a format 1 store gets its group the first time this clmer
     writes into it)."""
@@ -315,14 +393,14 @@ def ensure_dataset(root: Path) -> None:
         ensure_group(root, {**format_stamp(), "dataset": root.name})
 
 
-def ensure_hierarchy(root: Path, feature: str) -> None:
+def ensure_hierarchy(root: StorePath, feature: str) -> None:
     """The zarr groups above a feature spec: the dataset, ``features`` and the feature."""
     ensure_dataset(root)
     ensure_group(root / FEATURES_DIR, {})
     ensure_group(root / FEATURES_DIR / feature, {"feature": feature})
 
 
-def consolidate_spec(feature_path: Path, parts: list[Path]) -> None:
+def consolidate_spec(feature_path: StorePath, parts: list[Any]) -> None:
     """Write the metadata of ``parts`` (committed parts only) and their arrays into the
     spec's ``zarr.json``, in the layout zarr-python's ``consolidate_metadata`` writes.
 
@@ -342,6 +420,12 @@ def consolidate_spec(feature_path: Path, parts: list[Path]) -> None:
     ensure_group(feature_path / PARTS_DIR, {})
     add(PARTS_DIR, feature_path / PARTS_DIR)
     for part in parts:
+        if is_object(part):  # one listing instead of a request per child
+            nodes = sorted(o["path"][len(part.key) + 1:] for o in part.walk() if o["path"].endswith("/" + ZARR_JSON))
+            for rel in nodes:
+                child = rel[: -len(ZARR_JSON) - 1]
+                add(f"{PARTS_DIR}/{part.name}" + (f"/{child}" if child else ""), part / child if child else part)
+            continue
         if not (part / ZARR_JSON).exists():
             continue
         add(f"{PARTS_DIR}/{part.name}", part)

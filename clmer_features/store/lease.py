@@ -9,6 +9,13 @@ is a process of this host that no longer exists (a ``kill -9``). Lease decisions
 are made under an ``flock`` of ``leases/.lock``, so two processes never both
 take the same free or expired lease.
 
+On an object store (no flock, no O_EXCL) a lease is an object written with
+conditional puts (:class:`ObjectLeases`): ``If-None-Match: *`` to take a free one,
+``If-Match: <etag>`` to take over an expired one or to beat the heartbeat (its
+``last_modified`` is the heartbeat, on the service's clock), so two processes never
+both take it. A service that ignores conditional headers degrades to leases that two
+processes may both think they hold: time lost, still never correctness.
+
 Leases only save work; they never decide what is in the store. A partition is
 done when its parts are committed (parts stay the unit of truth): a process
 checks that before and after it claims one, a twin part of a partition run
@@ -204,6 +211,79 @@ class Leases:
         return "mine"
 
 
+class ObjectLeases(Leases):
+    """Leases as objects ``leases/<name>.json`` on an object store, taken with conditional puts."""
+
+    def __init__(self, store_root, ttl_s: float | None = None, poll_s: float | None = None) -> None:
+        super().__init__(Path("."), ttl_s, poll_s)
+        self.dir = store_root / LEASES_DIR  # an ObjPath
+        self.poll_s = max(self.poll_s, 0.25)  # each look is a request
+
+    def __enter__(self) -> "ObjectLeases":
+        self._thread = threading.Thread(target=self._beat, name="clmer-lease-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        from clmer_features.store.objpath import PreconditionFailed
+
+        while not self._stop.wait(self.ttl_s / 6):
+            for name in list(self.held):
+                data, tag = self._path(name).read_with_etag()
+                if data is None or json.loads(data).get("token") != self.me["token"]:
+                    self.held.discard(name)  # taken over by someone who thought us dead
+                    continue
+                try:
+                    self._path(name).write_bytes(json.dumps(self.me).encode(), if_match=tag)
+                except PreconditionFailed:
+                    self.held.discard(name)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        yield  # conditional puts decide, not a lock
+
+    @staticmethod
+    def _holder(path) -> dict:
+        try:
+            return json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self, name: str) -> bool:
+        from clmer_features.store.objpath import PreconditionFailed
+
+        path = self._path(name)
+        mine = json.dumps(self.me).encode()
+        try:
+            path.write_bytes(mine, create=True)
+        except PreconditionFailed:
+            data, tag = path.read_with_etag()
+            holder = json.loads(data) if data else {}
+            if holder.get("token") != self.me["token"]:
+                if data is not None and not self.expired(path, holder):
+                    return False
+                try:  # over the expired lease we read (or none), never over a fresher one
+                    path.write_bytes(mine, create=data is None, if_match=tag)
+                except PreconditionFailed:
+                    return False
+                self.taken_over.append(name)
+        self.held.add(name)
+        return True
+
+    def release(self, name: str) -> None:
+        self.held.discard(name)
+        path = self._path(name)
+        if self._holder(path).get("token") == self.me["token"]:
+            path.unlink(missing_ok=True)
+
+
+def open_leases(store_root, ttl_s: float | None = None) -> Leases:
+    """The leases of a store: files under an flock on a local disk, conditional puts on an object store."""
+    from clmer_features.store.objpath import is_object
+
+    return ObjectLeases(store_root, ttl_s) if is_object(store_root) else Leases(store_root, ttl_s)
+
+
 # --------------------------------------------------------------------------- the engine's partitions
 def partition_lease(partition: tuple[list, list]) -> str:
     """A partition's lease name: the same parts to write give the same name in every process."""
@@ -215,6 +295,6 @@ def partition_lease(partition: tuple[list, list]) -> str:
 
 
 def partition_committed(partition: tuple[list, list]) -> bool:
-    """Whether every part of a partition is on disk (done, by whichever process)."""
+    """Whether every part of a partition is committed (done, by whichever process)."""
     _, tasks = partition
-    return all((t.writer.parts_dir / t.part_name).is_dir() for t in tasks)
+    return all(t.writer.find_part(t.part_name) is not None for t in tasks)

@@ -1,7 +1,6 @@
 """Status, verification and garbage collection of a store."""
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -9,14 +8,14 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import polars as pl
-import zarr
 from tqdm import tqdm
 
 from clmer_features.errors import ClmerError
 from clmer_features.spec import FeatureSpec
 from clmer_features.store import Store
 from clmer_features.store import layout as L
-from clmer_features.store.lease import Leases
+from clmer_features.store.lease import open_leases
+from clmer_features.store.objpath import StorePath, is_object
 
 
 @dataclass
@@ -41,9 +40,9 @@ def status(store: Store, clips: pl.DataFrame | None = None) -> list[FeatureStatu
     for s in store.specs():
         idx_path = s.path / L.INDEX_FILE
         fails_path = s.path / L.FAILURES_FILE
-        done_keys = set(pl.read_parquet(idx_path, columns=["clip_key"])["clip_key"].to_list()) if idx_path.exists() else set()
-        fails = pl.read_parquet(fails_path) if fails_path.exists() else L.empty_ledger()
-        input_ = zarr.open_group(s.path, mode="r").attrs.get("input", "media")
+        done_keys = set(L.read_parquet(idx_path, columns=["clip_key"])["clip_key"].to_list()) if idx_path.exists() else set()
+        fails = L.read_parquet(fails_path) if fails_path.exists() else L.empty_ledger()
+        input_ = L.node_attrs(s.path).get("input", "media")
         keys = (store if clips is None else Store(store.root, clips)).current_keys(input_)
         if keys is None:
             wanted = done_keys | set(fails["clip_key"].to_list())
@@ -86,8 +85,8 @@ class VerifyReport:
     checked_files: int = 0
     unfinished: list[str] = field(default_factory=list)
     corrupt: list[str] = field(default_factory=list)
-    damaged_parts: list[Path] = field(default_factory=list)  # parts whose own files are damaged
-    corrupt_specs: list[Path] = field(default_factory=list)  # specs with any corruption (refinalized by repair)
+    damaged_parts: list[StorePath] = field(default_factory=list)  # parts whose own files are damaged
+    corrupt_specs: list[StorePath] = field(default_factory=list)  # specs with any corruption (refinalized by repair)
 
     @property
     def problems(self) -> list[str]:
@@ -106,7 +105,7 @@ class VerifyReport:
         return EXIT_CODES[self.state]
 
 
-def _check_part_files(part: Path, where: str, rep: VerifyReport) -> dict | None:
+def _check_part_files(part: StorePath, where: str, rep: VerifyReport) -> dict | None:
     """Sizes and checksums of one part's files; its PART.json when readable."""
     rep.checked_parts += 1
     meta_path = part / L.PART_FILE
@@ -122,12 +121,17 @@ def _check_part_files(part: Path, where: str, rep: VerifyReport) -> dict | None:
         rep.damaged_parts.append(part)
         return None
     bad: list[str] = []
-    actual = {p.relative_to(part).as_posix() for p in part.rglob("*") if p.is_file()} - {L.PART_FILE}
+    if is_object(part):  # one listing gives every size
+        sizes = {o["path"][len(part.key) + 1:]: int(o["size"]) for o in part.walk()}
+    else:
+        sizes = {p.relative_to(part).as_posix(): p.stat().st_size for p in part.rglob("*") if p.is_file()}
+    sizes.pop(L.PART_FILE, None)
+    actual = set(sizes)
     bad += [f"file {rel} is missing" for rel in sorted(set(expected) - actual)]
     bad += [f"unexpected file {rel}" for rel in sorted(actual - set(expected))]
     for rel in sorted(set(expected) & actual):
         rep.checked_files += 1
-        why = L.file_mismatch(part / rel, expected[rel])
+        why = L.file_mismatch(part / rel, expected[rel], size=sizes[rel])
         if why:
             bad.append(f"{rel} is corrupt ({why})")
     if bad:
@@ -136,12 +140,12 @@ def _check_part_files(part: Path, where: str, rep: VerifyReport) -> dict | None:
     return meta
 
 
-def _check_index(spec_path: Path, where: str, metas: dict[str, dict | None], rep: VerifyReport) -> pl.DataFrame | None:
+def _check_index(spec_path: StorePath, where: str, metas: dict[str, dict | None], rep: VerifyReport) -> pl.DataFrame | None:
     """Every index entry against the disk: its part exists with a PART.json, and its rows are the
     part's own rows for that clip (inside the part)."""
     idx_path = spec_path / L.INDEX_FILE
     try:
-        index = pl.read_parquet(idx_path)
+        index = L.read_parquet(idx_path)
     except Exception:  # noqa: BLE001 - any unreadable index is the same finding
         rep.unfinished.append(f"{where}: {L.INDEX_FILE} is missing or unreadable (rerun extract to refinalize)")
         return None
@@ -162,7 +166,7 @@ def _check_index(spec_path: Path, where: str, metas: dict[str, dict | None], rep
                                    f"; {outside.height - 1} more" if outside.height > 1 else ""))
             continue
         own_path = spec_path / L.PARTS_DIR / part / L.INDEX_FILE
-        own = pl.read_parquet(own_path) if own_path.exists() else rows.clear()
+        own = L.read_parquet(own_path) if own_path.exists() else rows.clear()
         # the checksums readers check each clip's rows against must be the part's own (format 2)
         cols = ["clip_key", "row_start", "row_end", "item"] + [L.DIGEST] * (L.DIGEST in own.columns and L.DIGEST in rows.columns)
         own = own.select(cols)
@@ -201,10 +205,10 @@ def verify(store: Store, progress: bool = False) -> VerifyReport:
                 why = None  # an older format reads as it is: not unfinished (a rerun of extract migrates it)
             if why is not None and "gone from disk" not in why:  # a lost part is reported as corrupt above
                 rep.unfinished.append(f"{where}: {why} (rerun extract to refinalize)")
-            keys = store.current_keys(zarr.open_group(s.path, mode="r").attrs.get("input", "media"))
+            keys = store.current_keys(L.node_attrs(s.path).get("input", "media"))
             if index is not None and keys is not None and why is None:
                 fails = s.path / L.FAILURES_FILE
-                seen = pl.concat([index.select("clip_key"), pl.read_parquet(fails, columns=["clip_key"])
+                seen = pl.concat([index.select("clip_key"), L.read_parquet(fails, columns=["clip_key"])
                                   if fails.exists() else pl.DataFrame(schema={"clip_key": pl.Utf8})])
                 missing = keys.join(seen, on="clip_key", how="anti").height
                 if missing:
@@ -225,9 +229,7 @@ def repair(store: Store, report: VerifyReport) -> list[str]:
     for part in report.damaged_parts:
         if not part.exists():
             continue
-        trash = part.with_name(f"{L.TMP_PREFIX}damaged-{part.name}-{time.time_ns():x}")
-        os.rename(part, trash)  # out of sight at once; then deleted
-        shutil.rmtree(trash, ignore_errors=True)
+        L.remove_tree(part, marker=L.PART_FILE)  # out of sight at once; then deleted
         done.append(f"{part.parent.parent.parent.name}/{part.parent.parent.name}: dropped part {part.name}")
     for spec_path in report.corrupt_specs:
         feature, spec_id = spec_path.parent.name, spec_path.name
@@ -238,11 +240,11 @@ def repair(store: Store, report: VerifyReport) -> list[str]:
 
 @dataclass
 class GcReport:
-    removed_tmp: list[Path] = field(default_factory=list)
-    removed_specs: list[Path] = field(default_factory=list)
-    kept_tmp: list[Path] = field(default_factory=list)
-    removed_leases: list[Path] = field(default_factory=list)
-    superseded: list[tuple[Path, str]] = field(default_factory=list)  # (spec removed or to remove, what is kept)
+    removed_tmp: list[StorePath] = field(default_factory=list)  # object stores: unmarked parts
+    removed_specs: list[StorePath] = field(default_factory=list)
+    kept_tmp: list[StorePath] = field(default_factory=list)
+    removed_leases: list[StorePath] = field(default_factory=list)
+    superseded: list[tuple[StorePath, str]] = field(default_factory=list)  # (spec removed or to remove, what is kept)
     undecided: list[str] = field(default_factory=list)  # features left alone, and why
 
 
@@ -294,10 +296,21 @@ def gc(store: Store, *, older_than_s: float = 3600.0, superseded: bool = False, 
        keep: Mapping[str, str] | None = None, is_default: Callable[[FeatureSpec], bool | None] | None = None
        ) -> GcReport:
     """Remove abandoned temporary parts (older than ``older_than_s``, so a running writer's part
-    survives) and expired leases and, only when asked, superseded specs (see :func:`superseded_specs`)."""
+    survives; on an object store, parts without their marker whose newest object is that old)
+    and expired leases and, only when asked, superseded specs (see :func:`superseded_specs`)."""
     rep = GcReport()
     now = time.time()
     for s in store.specs():
+        if is_object(s.path):
+            for name, newest in sorted(L.object_parts(s.path)[1].items()):
+                tmp = s.path / L.PARTS_DIR / name
+                if now - newest >= older_than_s:
+                    rep.removed_tmp.append(tmp)
+                    if not dry_run:
+                        tmp.delete_tree()
+                else:
+                    rep.kept_tmp.append(tmp)
+            continue
         for tmp in (s.path / L.PARTS_DIR).glob(f"{L.TMP_PREFIX}*"):
             if now - tmp.stat().st_mtime >= older_than_s:
                 rep.removed_tmp.append(tmp)
@@ -305,8 +318,8 @@ def gc(store: Store, *, older_than_s: float = 3600.0, superseded: bool = False, 
                     shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
             else:
                 rep.kept_tmp.append(tmp)
-    leases = Leases(store.root)
-    for path in sorted(leases.dir.glob("*.json")) if leases.dir.is_dir() else []:
+    leases = open_leases(store.root)
+    for path in sorted(p for p in leases.dir.glob("*.json")) if leases.dir.is_dir() else []:
         if leases.expired(path):  # its owner died: a later run would take it over anyway
             rep.removed_leases.append(path)
             if not dry_run:
@@ -315,15 +328,14 @@ def gc(store: Store, *, older_than_s: float = 3600.0, superseded: bool = False, 
         rep.superseded, rep.undecided = superseded_specs(store, keep, is_default)
         if not dry_run:
             for path, _ in rep.superseded:
-                trash = path.with_name(f"{L.TMP_PREFIX}gc-{path.name}-{time.time_ns():x}")
-                os.rename(path, trash)  # gone for readers at once
-                shutil.rmtree(trash, ignore_errors=True)
+                if is_object(path):
+                    (path / L.COMPLETE_FILE).unlink(missing_ok=True)  # gone for readers at once
+                L.remove_tree(path, marker=L.ZARR_JSON)
                 rep.removed_specs.append(path)
             if rep.removed_specs:
-                from clmer_features.store.writer import store_lock
+                from clmer_features.store.writer import store_lock, update_ledger
 
                 gone = [p.name for p in rep.removed_specs]
                 with store_lock(store.root):
-                    ledger = store.ledger()
-                    L.atomic_write_parquet(store.root / L.LEDGER_FILE, ledger.filter(~pl.col("spec_id").is_in(gone)))
+                    update_ledger(store.root, lambda old: old.filter(~pl.col("spec_id").is_in(gone)))
     return rep

@@ -84,40 +84,57 @@ class RawRows:
         n_inner = shard_shape[0] // chunk_shape[0]
         dtype = np.dtype(meta["data_type"]).newbyteorder("<")
         row_bytes = shape[1] * dtype.itemsize
-        try:
-            fd = os.open(shard, os.O_RDONLY)
-        except FileNotFoundError:
-            if not array_dir.parent.is_dir():
-                raise
+        got = cls._tail(array_dir, shard, 16 * n_inner + 4)
+        if got is None:
             return None  # no shard: never written (zarr reads fill values)
-        try:
-            size = os.fstat(fd).st_size
-            if size < 16 * n_inner + 4:
-                raise CorruptShard(shard, f"truncated ({size} bytes, shorter than its own index)")
-            tail = os.pread(fd, 16 * n_inner + 4, size - (16 * n_inner + 4))
-        except BaseException:
-            os.close(fd)
-            raise
+        size, tail, fd = got
+
+        def close() -> None:
+            if fd is not None:
+                os.close(fd)
         import google_crc32c
 
+        if size < 16 * n_inner + 4:
+            close()
+            raise CorruptShard(shard, f"truncated ({size} bytes, shorter than its own index)")
         if google_crc32c.value(tail[:-4]) != int.from_bytes(tail[-4:], "little"):
-            os.close(fd)
+            close()
             raise CorruptShard(shard, f"truncated or damaged: the shard index does not match its checksum ({size} bytes)")
         index = np.frombuffer(tail[:-4], dtype="<u8").reshape(n_inner, 2)
         offsets = np.where(index[:, 0] == _EMPTY, -1, index[:, 0].astype(np.int64))
         used = index[:, 0] != _EMPTY
         if (used & (index[:, 1] != chunk_shape[0] * row_bytes)).any():
-            os.close(fd)
+            close()
             return None
         if (used & (index[:, 0] + index[:, 1] > size)).any():
-            os.close(fd)
+            close()
             raise CorruptShard(shard, f"truncated ({size} bytes; its index points past the end)")
         n_used = -(-shape[0] // chunk_shape[0])
         chunk_bytes = chunk_shape[0] * row_bytes
         contiguous = bool(used[:n_used].all() and (offsets[:n_used] == np.arange(n_used) * chunk_bytes).all())
         raw = cls(shard, (shape[0], shape[1]), dtype, chunk_shape[0], offsets, meta.get("attributes", {}), contiguous)
-        raw._fd, raw._pid = fd, os.getpid()
+        if fd is not None:
+            raw._fd, raw._pid = fd, os.getpid()
         return raw
+
+    @staticmethod
+    def _tail(array_dir: Path, shard: Path, nbytes: int) -> tuple[int, bytes, int | None] | None:
+        """The shard's size, its last ``nbytes`` bytes and a descriptor kept open for the reads
+        (None when there is no shard). Raises FileNotFoundError when the array's folder is gone."""
+        try:
+            fd = os.open(shard, os.O_RDONLY)
+        except FileNotFoundError:
+            if not array_dir.parent.is_dir():
+                raise
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if size < nbytes:
+                raise CorruptShard(shard, f"truncated ({size} bytes, shorter than its own index)")
+            return size, os.pread(fd, nbytes, size - nbytes), fd
+        except BaseException:
+            os.close(fd)
+            raise
 
     # ------------------------------------------------------------------ file handle
     @property

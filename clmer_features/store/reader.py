@@ -38,6 +38,7 @@ import polars as pl
 from clmer_features.errors import StoreError
 from clmer_features.spec import FeatureSpec
 from clmer_features.store import layout as L
+from clmer_features.store.objpath import StorePath, is_object
 from clmer_features.store.rawread import CorruptShard, RawRows
 
 Pooling = Literal["mean", "max", "model"]
@@ -46,6 +47,8 @@ _ARRAYS = ("values", "times", "pooled")
 _BLOCK = 1 << 20  # bytes read before they are checked: small enough to be checked in cache
 _PREFETCH = 4 << 20  # runs of this many bytes on average make a scan
 _SCAN_THREADS = 4  # threads reading the runs of a scan (a cold disk reads faster with more reads queued)
+_WINDOW = 256 << 20  # object stores: bytes fetched (concurrently, over parts) before they are read
+_FETCHERS = 16  # object stores: parts opened and fetched at once
 
 
 class CorruptDataError(StoreError):
@@ -70,7 +73,7 @@ class _Table:
 @dataclass
 class _Part:
     name: str
-    dir: Path
+    dir: StorePath
     raw: RawRows | None = None
     rows: int = 0
     whole: int | None = None  # checksum of all its values (format 2)
@@ -106,7 +109,7 @@ class FeatureReader:
     # ------------------------------------------------------------------ index
     @cached_property
     def _index(self) -> pl.DataFrame:
-        idx = pl.read_parquet(self.dir / L.INDEX_FILE)
+        idx = L.read_parquet(self.dir / L.INDEX_FILE)
         if L.DIGEST not in idx.columns:  # finalized by format 1
             idx = idx.with_columns(pl.lit(None, dtype=pl.UInt64).alias(L.DIGEST))
         keys = self.store.current_keys(self.input)
@@ -212,7 +215,10 @@ class FeatureReader:
         shard index); one clear error when it is gone from disk."""
         pdir = self.dir / L.PARTS_DIR / name
         try:
-            raw = RawRows.open(pdir / "values", self._consolidated.get(f"{L.PARTS_DIR}/{name}/values"))
+            opener = RawRows
+            if is_object(pdir):
+                from clmer_features.store.objread import ObjectRows as opener  # type: ignore[assignment]
+            raw = opener.open(pdir / "values", self._consolidated.get(f"{L.PARTS_DIR}/{name}/values"))
         except FileNotFoundError:
             raise self._gone(name) from None
         except CorruptShard as exc:
@@ -261,7 +267,12 @@ class FeatureReader:
             import zarr
 
             path = p.dir / name
-            p.arrays[name] = zarr.open_array(path, mode="r") if (path / L.ZARR_JSON).exists() else None
+            if not (path / L.ZARR_JSON).is_file():
+                p.arrays[name] = None
+            elif is_object(path):
+                p.arrays[name] = zarr.open_array(store=p.dir.zarr_store(), path=name, mode="r")
+            else:
+                p.arrays[name] = zarr.open_array(path, mode="r")
         return p.arrays[name]
 
     def _zarr_read(self, p: _Part, name: str, sel: slice = slice(None)) -> np.ndarray | None:
@@ -425,6 +436,13 @@ class FeatureReader:
         bounds = np.concatenate([[0], breaks, [len(sel)]]).tolist()
         sel_l, off_l = sel.tolist(), offsets.tolist()
         runs = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if off_l[b] > off_l[a]]
+        if is_object(self.dir):  # fetch windows of runs (concurrent range requests), then read them
+            fetched = 0
+            for r, (a, b) in enumerate(runs):
+                if r >= fetched:
+                    fetched = self._fetch_window(t, sel_l, runs, off_l, r, out.shape[1] * out.itemsize)
+                self._read_run(t, sel_l, a, b, off_l, out)
+            return out, offsets
         big = (off_l[-1] * out.shape[1] * out.itemsize) // max(1, len(runs)) >= _PREFETCH
         if big and len(runs) > 1 and _SCAN_THREADS > 1:
             # a scan: runs are read (and checked) by a few threads at once: copies from the page
@@ -443,6 +461,36 @@ class FeatureReader:
                 self._will_need(t, sel_l, *runs[r + 1], off_l)
             self._read_run(t, sel_l, a, b, off_l, out)
         return out, offsets
+
+    def _fetch_window(self, t: _Table, sel: list[int], runs: list[tuple[int, int]], offsets: list[int], r: int,
+                      row_bytes: int) -> int:
+        """Object stores: fetch the runs from ``r`` on, up to ``_WINDOW`` bytes, before reading
+        them: parts are opened and their ranges fetched concurrently (one request per part,
+        or per group of nearby clips), dropping the previous window. Returns the first run
+        not fetched."""
+        for raw in list(self._open.values()):
+            raw.close()  # drops what the last window fetched
+        want: dict[str, list[tuple[int, int]]] = {}
+        nbytes, end = 0, r
+        while end < len(runs) and (end == r or (nbytes < _WINDOW and len(want) < _OPEN_FILES // 2)):
+            a, b = runs[end]
+            lo = int(t.start[sel[a]])
+            want.setdefault(t.names[t.part[sel[a]]], []).append((lo, lo + offsets[b] - offsets[a]))
+            nbytes += (offsets[b] - offsets[a]) * row_bytes
+            end += 1
+
+        def fetch(name: str) -> None:
+            p = self._part(name)
+            if p.raw is not None and hasattr(p.raw, "prefetch"):
+                p.raw.prefetch(want[name])
+
+        with ThreadPoolExecutor(max_workers=min(_FETCHERS, len(want))) as pool:
+            list(pool.map(fetch, want))
+        with self._lock:
+            for name in want:
+                if self._parts[name].raw is not None:
+                    self._fd_opened(self._parts[name])
+        return end
 
     def lengths(self, clip_ids: Sequence[str]) -> np.ndarray:
         """How many rows each clip holds (0 for a clip this feature does not hold), from the index alone."""
@@ -510,13 +558,13 @@ class FeatureReader:
         path = self.dir / L.RECORDS_FILE
         if not path.exists():
             return pl.DataFrame(schema={"clip_key": pl.Utf8, "clip_id": pl.Utf8})
-        rec = pl.read_parquet(path)
+        rec = L.read_parquet(path)
         keep = self._index["clip_key"].implode()
         return rec.filter(pl.col("clip_key").is_in(keep))
 
     def failures(self) -> pl.DataFrame:
         """Clips of the current manifest that failed (kind 'error') or lack the modality ('absent')."""
-        fails = pl.read_parquet(self.dir / L.FAILURES_FILE)
+        fails = L.read_parquet(self.dir / L.FAILURES_FILE)
         keys = self.store.current_keys(self.input)
         if keys is None:
             return fails
@@ -541,7 +589,7 @@ class FeatureReader:
 
 
 class StoreLike:  # the part of Store that readers need (keeps the import graph one-way)
-    root: Path
+    root: StorePath
 
     def current_keys(self, input: str) -> pl.DataFrame | None:  # pragma: no cover - interface
         raise NotImplementedError

@@ -8,10 +8,15 @@ crash leaves only a temporary folder, which readers ignore and ``gc`` removes.
 ``COMPLETE.json`` last (naming the parts it indexed); it runs under the store's
 lock, so any process may run it at any time. Whether a spec needs it is decided
 by what is on disk (:func:`stale_reason`), never by whether a run computed something.
+
+On an object store (no rename, no lock) a part goes under its final prefix
+``parts/<name>~<token>`` and is committed by its ``PART.json``, written last;
+``COMPLETE.json`` and the ledger are conditional puts (see ``finalize_feature``).
 """
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import platform
@@ -31,6 +36,7 @@ from clmer_features import __version__
 from clmer_features.errors import StoreError
 from clmer_features.spec import FeatureSpec
 from clmer_features.store import layout as L
+from clmer_features.store.objpath import PreconditionFailed, StorePath, is_object
 
 CHUNK_ROWS = 512  # inner chunk of a part's value array; the whole part is one shard
 _PART_INDEX_SCHEMA = {
@@ -61,7 +67,7 @@ class FinalizeSummary:
     failed: int
     parts: int
     duplicates: int
-    path: Path
+    path: StorePath
 
 
 @dataclass
@@ -267,7 +273,9 @@ class PartWriter:
         return len(self._seen)
 
     # ------------------------------------------------------------------ commit
-    def commit(self) -> Path:
+    def commit(self) -> StorePath:
+        if is_object(self.fw.parts_dir):
+            return self._commit_object()
         final = self.fw.parts_dir / self.name
         if final.exists():
             # The same partition was already committed (a retried or duplicated task): keep the first.
@@ -285,6 +293,27 @@ class PartWriter:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        return final
+
+    def _commit_object(self) -> StorePath:
+        """No rename on an object store: the part is written under its final prefix
+        ``parts/<name>~<token>`` (a token per attempt, so a twin task never overwrites a
+        key of ours) and becomes visible when its marker ``PART.json`` is written last,
+        with a conditional create. A crash leaves an unmarked prefix: readers ignore it,
+        ``gc`` removes it once older than its bound. Twins that both commit hold the same
+        clips; finalize indexes each clip once."""
+        import tempfile
+
+        existing = self.fw.find_part(self.name)
+        if existing is not None:  # a retried or duplicated task: keep the first
+            return existing
+        final = self.fw.parts_dir / f"{self.name}{L.TWIN_SEP}{uuid.uuid4().hex[:12]}"
+        with tempfile.TemporaryDirectory(prefix="clmer-part-") as tmpdir:
+            tmp = Path(tmpdir) / self.name
+            self._write(tmp)
+            final.upload_tree(tmp, last=L.PART_FILE)
+            final_marker = (tmp / L.PART_FILE).read_bytes()
+        (final / L.PART_FILE).write_bytes(final_marker, create=True)
         return final
 
     def _write(self, tmp: Path) -> None:
@@ -356,7 +385,7 @@ class PartWriter:
 class FeatureWriter:
     """Writes parts of one feature spec and finalizes its index."""
 
-    def __init__(self, store_root: Path, spec: FeatureSpec, input: str = "media", provenance: dict[str, Any] | None = None):
+    def __init__(self, store_root: StorePath, spec: FeatureSpec, input: str = "media", provenance: dict[str, Any] | None = None):
         L.key_columns(input)  # raises for an unknown key input
         self.spec = spec
         self.root = store_root
@@ -377,6 +406,12 @@ class FeatureWriter:
                 raise StoreError(f"{self.dir}: holds spec {stored.describe()}, not {self.spec.describe()}")
             if any(attrs.get("provenance", {}).get(k) != v for k, v in extra.items()):
                 L.update_node_attrs(self.dir, {"provenance": {**attrs.get("provenance", {}), **extra}})
+        elif is_object(self.dir):  # the spec is visible once its zarr.json is there: written last
+            L.write_group(self.dir / L.PARTS_DIR, {})
+            L.write_group(
+                self.dir,
+                {"spec": self.spec.to_dict(), "input": self.input, "provenance": {**_provenance(), **extra}, **L.format_stamp()},
+            )
         else:
             self.dir.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.dir.parent / f"{L.TMP_PREFIX}{self.spec.spec_id}-{uuid.uuid4().hex[:8]}"
@@ -394,17 +429,38 @@ class FeatureWriter:
                     raise
         L.ensure_group(self.parts_dir, {})  # a format 1 spec gets its parts group when resumed
 
-    def committed_parts(self) -> list[Path]:
+    def committed_parts(self) -> list[StorePath]:
         return L.committed_parts(self.dir)
+
+    def find_part(self, name: str) -> StorePath | None:
+        """The committed part of partition ``name`` (a retried task finds its first attempt's), or None."""
+        if not is_object(self.parts_dir):
+            path = self.parts_dir / name
+            return path if path.is_dir() else None
+        import obstore
+
+        # keys sort as parts/<name>~<token>/<file>: list from just before them, one page
+        prefix = f"{self.parts_dir.key}/{name}{L.TWIN_SEP}"
+        bucket = self.parts_dir.bucket
+        for batch in obstore.list(bucket.store, self.parts_dir.key, offset=prefix[:-1], chunk_size=200):
+            bucket.count()
+            for o in batch:
+                path = o["path"]
+                if not path.startswith(prefix):
+                    return None
+                if path.endswith("/" + L.PART_FILE):
+                    return self.parts_dir / path[len(self.parts_dir.key) + 1:].split("/", 1)[0]
+        return None
 
     def done_keys(self, include_failed: bool = True) -> set[str]:
         """Clip keys already in committed parts (successes, and failures unless told otherwise)."""
         done: set[str] = set()
         for part in self.committed_parts():
-            if (part / L.INDEX_FILE).exists():
-                done.update(pl.read_parquet(part / L.INDEX_FILE, columns=["clip_key"])["clip_key"].to_list())
-            if include_failed and (part / L.FAILURES_FILE).exists():
-                done.update(pl.read_parquet(part / L.FAILURES_FILE, columns=["clip_key"])["clip_key"].to_list())
+            files = L.read_json(part / L.PART_FILE).get("files", {}) if is_object(part) else None
+            for name, wanted in ((L.INDEX_FILE, True), (L.FAILURES_FILE, include_failed)):
+                have = name in files if files is not None else (part / name).exists()
+                if wanted and have:
+                    done.update(L.read_parquet(part / name, columns=["clip_key"])["clip_key"].to_list())
         return done
 
     def part(self, name: str) -> "_PartContext":
@@ -429,18 +485,24 @@ class _PartContext:
 _INDEX_COLUMNS = ("clip_key", "clip_id", "part", "row_start", "row_end", "item", L.DIGEST)
 
 
-def _part_index(part: Path) -> pl.DataFrame:
+def _part_index(part: StorePath, meta: dict[str, Any] | None = None) -> pl.DataFrame:
     """One row per successful clip in a part: key, id, part, row range, item (pooled row),
     checksum of its rows (null for a format 1 part). Refuses a part of a newer store format."""
-    L.check_format(L.read_json(part / L.PART_FILE), part / L.PART_FILE)
+    meta = L.read_json(part / L.PART_FILE) if meta is None else meta
+    L.check_format(meta, part / L.PART_FILE)
     path = part / L.INDEX_FILE
-    df = pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=_PART_INDEX_SCHEMA)
+    df = L.read_parquet(path) if _has_file(part, meta, L.INDEX_FILE) else pl.DataFrame(schema=_PART_INDEX_SCHEMA)
     if L.DIGEST not in df.columns:
         df = df.with_columns(pl.lit(None, dtype=pl.UInt64).alias(L.DIGEST))
     return df.with_columns(pl.lit(part.name, dtype=pl.Utf8).alias("part")).select(_INDEX_COLUMNS)
 
 
-def stale_reason(fdir: Path) -> str | None:
+def _has_file(part: StorePath, meta: dict[str, Any], name: str) -> bool:
+    """Whether a committed part holds ``name`` (its PART.json lists its files: no request on an object store)."""
+    return name in meta.get("files", {}) if is_object(part) else (part / name).exists()
+
+
+def stale_reason(fdir: StorePath) -> str | None:
     """Why a spec's index does not describe the parts on disk, or None when it does.
 
     Finalize is driven by this, not by whether the run computed anything: a crash
@@ -481,10 +543,14 @@ def older_format_reason(found: int) -> str:
 
 
 @contextmanager
-def store_lock(store_root: Path) -> Iterator[None]:
+def store_lock(store_root: StorePath) -> Iterator[None]:
     """Exclusive lock on a store's shared files (index rebuilds, the ledger): finalizes of
     several processes, or of two features at once, must not interleave their
-    read-modify-write of ``ledger.parquet``."""
+    read-modify-write of ``ledger.parquet``. An object store has no lock: there the
+    completion record and the ledger are written with conditional puts instead."""
+    if is_object(store_root):
+        yield
+        return
     store_root.mkdir(parents=True, exist_ok=True)
     with open(store_root / L.LOCK_FILE, "a+") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
@@ -494,26 +560,48 @@ def store_lock(store_root: Path) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def finalize_feature(store_root: Path, feature: str, spec_id: str) -> FinalizeSummary:
-    """Rebuild index, records and failures from the committed parts; write COMPLETE.json last."""
-    with store_lock(store_root):
-        return _finalize(store_root, feature, spec_id)
+_FINALIZE_TRIES = 8
 
 
-def _finalize(store_root: Path, feature: str, spec_id: str) -> FinalizeSummary:
+def finalize_feature(store_root: StorePath, feature: str, spec_id: str) -> FinalizeSummary:
+    """Rebuild index, records and failures from the committed parts; write COMPLETE.json last.
+
+    On an object store finalizes of several clients may run at once: each writes its
+    ``COMPLETE.json`` only if it is still the one it read first (``If-Match``, or
+    ``If-None-Match`` for the first), and one that loses starts over from the parts then
+    on the store, so the last completion record describes the index beside it."""
+    if not is_object(store_root):
+        with store_lock(store_root):
+            return _finalize(store_root, feature, spec_id)
+    for _ in range(_FINALIZE_TRIES):
+        try:
+            return _finalize(store_root, feature, spec_id)
+        except PreconditionFailed:
+            time.sleep(0.05)
+    raise StoreError(f"{L.feature_dir(store_root, feature, spec_id)}: {_FINALIZE_TRIES} finalizes in a row lost "
+                     "the race for COMPLETE.json to other clients; rerun extract to finalize")
+
+
+def _finalize(store_root: StorePath, feature: str, spec_id: str) -> FinalizeSummary:
     fdir = L.feature_dir(store_root, feature, spec_id)
+    complete_tag: str | None = None
+    if is_object(fdir):
+        _, complete_tag = (fdir / L.COMPLETE_FILE).read_with_etag()
     parts = L.committed_parts(fdir)
+    metas: dict[str, Any] = {}
     for p in parts:
-        if not (p / L.PART_FILE).exists():
+        if not is_object(p) and not (p / L.PART_FILE).exists():  # (an object-store part is committed by it)
             raise StoreError(f"{p}: part has no {L.PART_FILE}; it was not written by clmer (run `clmer-features verify`)")
+        metas[p.name] = L.read_json(p / L.PART_FILE)
 
     empty = pl.DataFrame(schema={**_PART_INDEX_SCHEMA, "part": pl.Utf8}).select(_INDEX_COLUMNS)
-    index = pl.concat([empty, *(_part_index(p) for p in parts)], how="vertical")
+    index = pl.concat([empty, *(_part_index(p, metas[p.name]) for p in parts)], how="vertical")
     before = index.height
     index = index.unique(subset="clip_key", keep="first", maintain_order=True)
     duplicates = before - index.height
 
-    failures = [pl.read_parquet(p / L.FAILURES_FILE).with_columns(pl.lit(p.name).alias("part")) for p in parts if (p / L.FAILURES_FILE).exists()]
+    failures = [L.read_parquet(p / L.FAILURES_FILE).with_columns(pl.lit(p.name).alias("part"))
+                for p in parts if _has_file(p, metas[p.name], L.FAILURES_FILE)]
     fails = pl.concat(failures, how="diagonal_relaxed") if failures else L.empty_ledger().drop("feature", "spec_id", "attempt")
     if fails.height:
         fails = (
@@ -525,7 +613,7 @@ def _finalize(store_root: Path, feature: str, spec_id: str) -> FinalizeSummary:
         fails = fails.with_columns(pl.lit(None, dtype=pl.Int64).alias("attempt"))
     fails = fails.with_columns(pl.lit(feature).alias("feature"), pl.lit(spec_id).alias("spec_id")).select(list(L.LEDGER_SCHEMA)).cast(L.LEDGER_SCHEMA)
 
-    records = [pl.read_parquet(p / L.RECORDS_FILE) for p in parts if (p / L.RECORDS_FILE).exists()]
+    records = [L.read_parquet(p / L.RECORDS_FILE) for p in parts if _has_file(p, metas[p.name], L.RECORDS_FILE)]
     if records:
         rec = pl.concat(records, how="diagonal_relaxed").unique(subset="clip_key", keep="first", maintain_order=True)
         L.atomic_write_parquet(fdir / L.RECORDS_FILE, rec)
@@ -534,29 +622,52 @@ def _finalize(store_root: Path, feature: str, spec_id: str) -> FinalizeSummary:
     L.atomic_write_parquet(fdir / L.FAILURES_FILE, fails)
     _merge_ledger(store_root, feature, spec_id, fails)
     L.consolidate_spec(fdir, parts)
-    L.atomic_write_json(
-        fdir / L.COMPLETE_FILE,
-        {
-            "feature": feature,
-            "spec_id": spec_id,
-            "clips": index.height,
-            "failed": fails.height,
-            "parts": len(parts),
-            "part_names": [p.name for p in parts],
-            "index_sha256": L.sha256_file(fdir / L.INDEX_FILE),
-            "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "finalized_ns": time.time_ns(),
-            **L.format_stamp(),
-        },
-    )
+    complete = {
+        "feature": feature,
+        "spec_id": spec_id,
+        "clips": index.height,
+        "failed": fails.height,
+        "parts": len(parts),
+        "part_names": [p.name for p in parts],
+        "index_sha256": L.sha256_file(fdir / L.INDEX_FILE),
+        "finalized_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finalized_ns": time.time_ns(),
+        **L.format_stamp(),
+    }
+    if is_object(fdir):  # only over the record this finalize started from (PreconditionFailed: start over)
+        data = (json.dumps(complete, indent=2, sort_keys=True) + "\n").encode()
+        (fdir / L.COMPLETE_FILE).write_bytes(data, create=complete_tag is None, if_match=complete_tag)
+    else:
+        L.atomic_write_json(fdir / L.COMPLETE_FILE, complete)
     return FinalizeSummary(feature, spec_id, index.height, fails.height, len(parts), duplicates, fdir)
 
 
-def _merge_ledger(store_root: Path, feature: str, spec_id: str, fails: pl.DataFrame) -> None:
+def _merge_ledger(store_root: StorePath, feature: str, spec_id: str, fails: pl.DataFrame) -> None:
+    def merge(old: pl.DataFrame) -> pl.DataFrame:
+        keep = old.filter(~((pl.col("feature") == feature) & (pl.col("spec_id") == spec_id)))
+        return pl.concat([keep.cast(L.LEDGER_SCHEMA), fails], how="vertical")
+
+    update_ledger(store_root, merge)
+
+
+def update_ledger(store_root: StorePath, change: Any) -> None:
+    """Rewrite the store's ledger as ``change(old ledger)``: under the store's lock on a local
+    disk (the caller holds it), with a conditional put retried on an object store (two
+    clients finalizing different features never lose each other's entries)."""
     path = store_root / L.LEDGER_FILE
-    old = pl.read_parquet(path) if path.exists() else L.empty_ledger()
-    keep = old.filter(~((pl.col("feature") == feature) & (pl.col("spec_id") == spec_id)))
-    L.atomic_write_parquet(path, pl.concat([keep.cast(L.LEDGER_SCHEMA), fails], how="vertical"))
+    if not is_object(path):
+        old = pl.read_parquet(path) if path.exists() else L.empty_ledger()
+        L.atomic_write_parquet(path, change(old))
+        return
+    for _ in range(_FINALIZE_TRIES * 4):
+        data, tag = path.read_with_etag()
+        old = pl.read_parquet(io.BytesIO(data)) if data is not None else L.empty_ledger()
+        try:
+            path.write_bytes(L.parquet_bytes(change(old)), create=tag is None, if_match=tag)
+            return
+        except PreconditionFailed:
+            time.sleep(0.02)
+    raise StoreError(f"{path}: other clients kept rewriting the ledger; rerun to finalize")
 
 
 def part_name(clip_keys: list[str], prefix: str = "p") -> str:

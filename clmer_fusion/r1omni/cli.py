@@ -10,8 +10,8 @@ from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION, DEFAULT_MAX_NEW_TO
 
 @click.command("r1omni")
 @click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--cache", "cache_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Feature store root holding r1omni_vision and r1omni_audio for this manifest.")
+@click.option("--cache", "cache_dir", required=True, type=click.Path(file_okay=False),
+              help="Feature store root (a folder or s3://bucket/prefix) holding r1omni_vision and r1omni_audio.")
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="R1-Omni checkpoint folder (config.json, *.safetensors, tokenizer). Towers are not needed.")
 @click.option("--instruction", default=DEFAULT_INSTRUCTION, show_default="R1-Omni's emotion question",
@@ -39,7 +39,7 @@ from clmer_fusion.r1omni.defaults import DEFAULT_INSTRUCTION, DEFAULT_MAX_NEW_TO
 @click.option("--allow-mismatch", is_flag=True,
               help="Load a checkpoint even when keys are missing, unexpected or mis-shaped (they stay random).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def r1omni_cmd(manifest: Path, cache_dir: Path, model_dir: Path, instruction: str, out_dir: Path | None,
+def r1omni_cmd(manifest: Path, cache_dir: str, model_dir: Path, instruction: str, out_dir: Path | None,
                dataset: str | None, specs: tuple[str, ...], check_fresh: bool, bert_dir: Path | None, batch_size: int,
                max_new_tokens: int, no_audio: str, audio_tower: Path | None, device: str, allow_mismatch: bool,
                no_progress: bool) -> None:
