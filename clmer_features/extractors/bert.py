@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, ExtractorConfig, param, register
+from clmer_features.extractors.base import Extractor, ExtractorConfig, param, register
 from clmer_features.extractors.text_source import TextFromManifestOrAsr
 from clmer_features.models import ensure_offline, folder_state, prove_loaded, quiet_transformers, require_files, weights_digest
 from clmer_features.spec import FeatureSpec
@@ -108,17 +108,3 @@ class BertExtractor(TextFromManifestOrAsr, Extractor):
             for j, n in enumerate(lengths):
                 out.append((hidden[j, : int(n)], pooled[j]))
         return out
-
-    def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
-        results: list[ClipOutput | Exception] = []
-        todo: list[tuple[int, str]] = []
-        for i, c in enumerate(clips):
-            text = self.text_of(c)
-            if text is None:
-                results.append(ValueError(f"{c.clip_id}: {self.missing_input(c)[1]}"))
-            else:
-                results.append(ClipOutput())
-                todo.append((i, text))
-        for (i, _), (rows, pooled) in zip(todo, self.embed_texts([t for _, t in todo])):
-            results[i] = ClipOutput(values=rows, pooled=pooled)
-        return results

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from clmer_features.extractors import hf_common as H
-from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, ExtractorConfig, param
+from clmer_features.extractors.base import Extractor, ExtractorConfig, param
 from clmer_features.extractors.text_source import TextFromManifestOrAsr
 from clmer_features.spec import FeatureSpec
 
@@ -99,15 +99,3 @@ class TextEncoderExtractor(TextFromManifestOrAsr, Extractor):
                     rows = h[j][enc["attention_mask"][j].cpu().numpy().astype(bool)]
                 out.append((rows, H.mean_rows(rows) if c.pooled == "mean" else h[j, 0].copy()))
         return out
-
-    def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
-        results: list[ClipOutput | Exception] = []
-        todo: list[tuple[int, str]] = []
-        for i, c in enumerate(clips):
-            text = self.text_of(c)
-            results.append(ValueError(f"{c.clip_id}: {self.missing_input(c)[1]}") if text is None else ClipOutput())
-            if text is not None:
-                todo.append((i, text))
-        for (i, _), (rows, pooled) in zip(todo, self.embed_texts([t for _, t in todo])):
-            results[i] = ClipOutput(values=rows, pooled=pooled)
-        return results

@@ -26,7 +26,7 @@ import numpy as np
 
 from clmer_features.errors import ModelNotFoundError
 from clmer_features.extractors import hf_common as H
-from clmer_features.extractors.base import ClipOutput, DecodedClip, Extractor, ExtractorConfig, param, register
+from clmer_features.extractors.base import Extractor, ExtractorConfig, param, register
 from clmer_features.extractors.text_source import TextFromManifestOrAsr
 from clmer_features.spec import FeatureSpec
 
@@ -136,15 +136,3 @@ class SbertExtractor(TextFromManifestOrAsr, Extractor):
                     vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
                 out.append((rows, vec.astype(np.float32)))
         return out
-
-    def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
-        results: list[ClipOutput | Exception] = []
-        todo: list[tuple[int, str]] = []
-        for i, c in enumerate(clips):
-            text = self.text_of(c)
-            results.append(ValueError(f"{c.clip_id}: {self.missing_input(c)[1]}") if text is None else ClipOutput())
-            if text is not None:
-                todo.append((i, text))
-        for (i, _), (rows, vec) in zip(todo, self.embed_texts([t for _, t in todo])):
-            results[i] = ClipOutput(values=rows, pooled=vec)
-        return results

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from clmer_features.errors import StoreError
-from clmer_features.extractors.base import DecodedClip, RunInputs
+from clmer_features.extractors.base import ClipOutput, DecodedClip, RunInputs
 
 
 def _has_text(row: dict[str, Any]) -> bool:
@@ -74,3 +74,19 @@ class TextFromManifestOrAsr:
             return ("absent", "the ASR transcript is empty")
         how = "and no ASR transcript" if self.uses_asr else "(run asr to transcribe it)"
         return ("absent", f"no text in the manifest {how}")
+
+    def extract(self, clips: list[DecodedClip]) -> list[ClipOutput | Exception]:
+        """Per clip its text's token rows and pooled vector (the feature's ``embed_texts``, all
+        texts of the batch at once), or the clip's one-line error when it has no text."""
+        results: list[ClipOutput | Exception] = []
+        todo: list[tuple[int, str]] = []
+        for i, c in enumerate(clips):
+            text = self.text_of(c)
+            if text is None:
+                results.append(ValueError(f"{c.clip_id}: {self.missing_input(c)[1]}"))
+            else:
+                results.append(ClipOutput())
+                todo.append((i, text))
+        for (i, _), (rows, pooled) in zip(todo, self.embed_texts([t for _, t in todo])):  # type: ignore[attr-defined]
+            results[i] = ClipOutput(values=rows, pooled=pooled)
+        return results
