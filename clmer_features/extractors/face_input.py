@@ -85,6 +85,10 @@ class FaceInput:
                 raise ClmerError(f"{self.name}.input=faces: {exc}") from None
         return self._faces_reader
 
+    def missing_input(self, clip: DecodedClip) -> tuple[str, str] | None:
+        """With ``input=faces`` the clip's cached faces are its input; else the extractor's own rule."""
+        return self.missing_faces(clip) if self.uses_faces else super().missing_input(clip)  # type: ignore[misc]
+
     def missing_faces(self, clip: DecodedClip) -> tuple[str, str] | None:
         reader = self._reader()
         if clip.clip_id in reader:

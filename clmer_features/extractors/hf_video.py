@@ -66,9 +66,6 @@ class VideoClipsExtractor(FaceInput, Extractor):
     def frame_request(self) -> FrameRequest | None:
         return None if self.uses_faces else FrameRequest.segments(self.config.frame_count * self.config.clip_count)
 
-    def missing_input(self, clip: DecodedClip) -> tuple[str, str] | None:
-        return self.missing_faces(clip) if self.uses_faces else super().missing_input(clip)
-
     def spec(self) -> FeatureSpec:
         params = self.faces_spec_params(self.config.spec_params(), ())
         return H.family_spec(self, {**params, "layer": self.layer})

@@ -79,9 +79,6 @@ class VisionFramesExtractor(FaceInput, Extractor):
             return None
         return FrameRequest.segments(c.frame_count) if c.frame_count > 0 else FrameRequest.interval(c.frame_interval)
 
-    def missing_input(self, clip: DecodedClip) -> tuple[str, str] | None:
-        return self.missing_faces(clip) if self.uses_faces else super().missing_input(clip)
-
     def spec(self) -> FeatureSpec:
         params = self.config.spec_params()
         params.pop("frame_interval" if self.config.frame_count > 0 else "frame_count")

@@ -69,9 +69,6 @@ class SiglipExtractor(FaceInput, Extractor):
     def frame_request(self) -> FrameRequest | None:
         return None if self.uses_faces else FrameRequest.interval(self.frame_interval)
 
-    def missing_input(self, clip: DecodedClip) -> tuple[str, str] | None:
-        return self.missing_faces(clip) if self.uses_faces else super().missing_input(clip)
-
     def _preprocess_config(self) -> dict[str, Any]:
         require_files(self.model_dir, ("config.json", "preprocessor_config.json"), self.name)
         cfg = json.loads((self.model_dir / "preprocessor_config.json").read_text(encoding="utf-8"))
