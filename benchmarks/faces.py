@@ -65,9 +65,9 @@ def ffmpeg_frames(clip: Path, tmp: str, fps: float) -> list[np.ndarray]:
 
 def naive(clips: list[Path], interval: float, out: Path, clip_model: Path | None = None) -> tuple[int, int]:
     """One clip, one frame at a time; returns (frames, faces)."""
-    from clmer_features.face_detect import FaceDetector
+    from clmer_features.face_detect import FaceDetector, align
 
-    det = FaceDetector()
+    det = FaceDetector(landmarks68=True)  # the same work as faces' default box=landmarks
     if clip_model is not None:
         import torch
         from transformers import AutoModel, CLIPImageProcessorPil
@@ -85,7 +85,7 @@ def naive(clips: list[Path], interval: float, out: Path, clip_model: Path | None
             n_frames += 1
             if not faces:
                 continue
-            crop = det.align(fr, max(faces, key=lambda f: f.area), 112, 0.25)
+            crop = align(fr, max(faces, key=lambda f: f.area).landmarks, 112, 0.25)
             n_faces += 1
             if clip_model is None:
                 rows.append(crop)

@@ -1,14 +1,18 @@
 """Faces in frames: detect, keep the clip's main person, align by landmarks.
 
 The detector is dlib's (the ``dlib-bin`` wheel): its frontal-face HOG detector
-is compiled into the library, and the 5-point landmark model and the face
-descriptor model come from the ``face-recognition-models`` package, so nothing
-is downloaded. dlib reads its own ``.dat`` format (no pickle); the sha256 of
-each file goes into the ``faces`` spec.
+is compiled into the library, and the landmark models (5 and 68 points) and
+the face descriptor model come from the ``face-recognition-models`` package, so
+nothing is downloaded. dlib reads its own ``.dat`` format (no pickle); the
+sha256 of each file used goes into the ``faces`` spec.
 
-- :meth:`FaceDetector.detect`: every face of a frame: box ``(x0, y0, x1, y1)``
-  in frame pixels, 5 landmarks (the two corners of each eye, the bottom of the
-  nose; dlib's order), the detector's score.
+- :meth:`FaceDetector.detect`: every face of a frame: the detector's box
+  ``(x0, y0, x1, y1)`` in frame pixels, 5 landmarks (the two corners of each
+  eye, the bottom of the nose; dlib's order), the detector's score, and with
+  ``landmarks68`` the 68 points of the iBUG 300-W scheme (jaw line, eyebrows,
+  eyes, nose, mouth: OpenFace's ``x_0..x_67``), whose bounds are the face's
+  box from chin to eyebrows and cheek to cheek (:func:`landmark_box`). The
+  detector's own box is a square HOG window that stops above the chin.
 - :func:`main_track`: which face of each frame is the clip's main person.
   Faces of consecutive sampled frames whose boxes overlap (IoU >= 0.3) are
   linked into tracklets. When there is more than one tracklet, each gets
@@ -17,9 +21,11 @@ each file goes into the ``faces`` spec.
   person (dlib's own threshold is 0.6), and the main person is the one whose
   faces cover the most area over the whole clip: the same person in every
   frame, not whoever is largest in each.
-- :meth:`FaceDetector.align`: the aligned crop (``dlib.get_face_chip``: a
-  similarity transform from the 5 landmarks that puts the eyes on one level at
-  fixed places; ``padding`` is the margin around the face, as a fraction).
+- :func:`align`: the aligned crop (``dlib.get_face_chip``: a similarity
+  transform from the 5 landmarks that puts the eyes on one level at fixed
+  places; ``padding`` is the margin around the face, as a fraction). 68-point
+  landmarks (an OpenFace CSV) give the same 5 points (:data:`DLIB5_OF_68`), so
+  crops aligned from them are aligned the same way.
 """
 from __future__ import annotations
 
@@ -37,6 +43,11 @@ from clmer_features.errors import ModelNotFoundError
 
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+# trained by dlib on iBUG 300-W, whose licence excludes commercial use (dlib-models' README says so)
+LANDMARKS68_FILE = "shape_predictor_68_face_landmarks.dat"
+# dlib's 5 points in the 68-point (iBUG 300-W) numbering: one eye's outer and inner corner, the
+# other eye's outer and inner corner, the bottom of the nose (checked: the two predictors agree within 1 px)
+DLIB5_OF_68 = (45, 42, 36, 39, 33)
 
 
 def models_folder() -> Path:
@@ -46,7 +57,7 @@ def models_folder() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError("faces needs the face-recognition-models package (pip install clmer[extract])")
     folder = Path(list(spec.submodule_search_locations)[0]) / "models"
-    for name in (LANDMARKS_FILE, DESCRIPTOR_FILE):
+    for name in (LANDMARKS_FILE, DESCRIPTOR_FILE, LANDMARKS68_FILE):
         if not (folder / name).is_file():
             raise ModelNotFoundError(f"{folder}: face-recognition-models lacks {name}; reinstall it")
     return folder
@@ -66,11 +77,16 @@ def file_digest(path: Path) -> str:
     return _sha256(str(path), st.st_size, st.st_mtime_ns)
 
 
-def weights_digest() -> str:
-    """sha256 (16 hex) over the two weight files the detector uses, by name."""
+def weights_files(landmarks68: bool) -> tuple[str, ...]:
+    """The weight files a detector uses (the 68-point model only when it computes those)."""
+    return (LANDMARKS_FILE, DESCRIPTOR_FILE) + ((LANDMARKS68_FILE,) if landmarks68 else ())
+
+
+def weights_digest(landmarks68: bool = False) -> str:
+    """sha256 (16 hex) over the weight files the detector uses, by name."""
     folder = models_folder()
     h = hashlib.sha256()
-    for name in (LANDMARKS_FILE, DESCRIPTOR_FILE):
+    for name in weights_files(landmarks68):
         h.update(f"{name}:{file_digest(folder / name)}\n".encode())
     return h.hexdigest()[:16]
 
@@ -95,12 +111,14 @@ def _load(loader: Callable[[str], Any], path: Path) -> Any:
 
 @dataclass
 class Face:
-    """One detected face: box (x0, y0, x1, y1) and landmarks [5, 2] in frame pixels, detector score."""
+    """One detected face: the detector's box (x0, y0, x1, y1), landmarks [5, 2] and, when asked
+    for, landmarks68 [68, 2] in frame pixels; the detector's score."""
 
     box: np.ndarray
     landmarks: np.ndarray
     score: float
-    shape: Any = None  # dlib.full_object_detection, for alignment and descriptors
+    shape: Any = None  # dlib.full_object_detection, for descriptors
+    landmarks68: np.ndarray | None = None
 
     @property
     def area(self) -> float:
@@ -120,19 +138,33 @@ def eye_angle(landmarks: np.ndarray) -> float:
     return float(np.degrees(np.arctan2(right[1] - left[1], right[0] - left[0])))
 
 
+def landmark_box(points: np.ndarray) -> np.ndarray:
+    """The box (x0, y0, x1, y1) around landmarks [n, 2]: for the 68 points, jaw line to eyebrows
+    and cheek to cheek (the bounds, as the OpenFace import stores them)."""
+    p = np.asarray(points, np.float32).reshape(-1, 2)
+    return np.concatenate([p.min(axis=0), p.max(axis=0)])
+
+
+def _points(shape: Any) -> np.ndarray:
+    return np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], np.float32)
+
+
 class FaceDetector:
-    """dlib's HOG detector + 5-point landmarks (+ the face descriptor, loaded when first needed).
+    """dlib's HOG detector + 5-point landmarks (+ 68-point landmarks with ``landmarks68``; + the
+    face descriptor, loaded when first needed).
 
     ``upsample``: how many times the frame is doubled before detection (0 finds faces of about
     80 px and up; each step finds faces half as large, about 4x slower). ``min_score``: the
     detector's threshold adjustment (0 = dlib's default; higher keeps fewer, surer faces).
     """
 
-    def __init__(self, upsample: int = 0, min_score: float = 0.0):
+    def __init__(self, upsample: int = 0, min_score: float = 0.0, landmarks68: bool = False):
         self.upsample = int(upsample)
         self.min_score = float(min_score)
+        self.landmarks68 = bool(landmarks68)
         self._det: Any = None
         self._shape: Any = None
+        self._shape68: Any = None
         self._desc: Any = None
 
     def load(self) -> None:
@@ -141,6 +173,8 @@ class FaceDetector:
         import dlib
 
         self._shape = _load(dlib.shape_predictor, models_folder() / LANDMARKS_FILE)
+        if self.landmarks68:
+            self._shape68 = _load(dlib.shape_predictor, models_folder() / LANDMARKS68_FILE)
         self._det = dlib.get_frontal_face_detector()
 
     def detect(self, frame: np.ndarray) -> list[Face]:
@@ -151,9 +185,9 @@ class FaceDetector:
         faces = []
         for r, s in zip(rects, scores):
             shape = self._shape(img, r)
-            pts = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)], np.float32)
             box = np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1], np.float32)
-            faces.append(Face(box=box, landmarks=pts, score=float(s), shape=shape))
+            faces.append(Face(box=box, landmarks=_points(shape), score=float(s), shape=shape,
+                              landmarks68=_points(self._shape68(img, r)) if self._shape68 is not None else None))
         return sorted(faces, key=lambda f: -f.score)
 
     def descriptor(self, frame: np.ndarray, face: Face) -> np.ndarray:
@@ -165,13 +199,24 @@ class FaceDetector:
         img = np.ascontiguousarray(frame, dtype=np.uint8)
         return np.asarray(self._desc.compute_face_descriptor(img, face.shape), np.float32)
 
-    @staticmethod
-    def align(frame: np.ndarray, face: Face, size: int, padding: float) -> np.ndarray:
-        """The aligned crop [size, size, 3] uint8 (eyes level, at fixed places)."""
-        import dlib
 
-        img = np.ascontiguousarray(frame, dtype=np.uint8)
-        return np.asarray(dlib.get_face_chip(img, face.shape, size=int(size), padding=float(padding)), np.uint8)
+def align(frame: np.ndarray, landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
+    """The aligned crop [size, size, 3] uint8 (eyes level, at fixed places) from dlib's 5 points
+    [5, 2] or the 68 points [68, 2] (their 5 eye-corner and nose points are used: the same
+    alignment either way). Points are rounded to whole pixels, as dlib's own landmarks are."""
+    import dlib
+
+    p = np.asarray(landmarks, np.float64).reshape(-1, 2)
+    if len(p) == 68:
+        p = p[list(DLIB5_OF_68)]
+    if len(p) != 5 or not np.isfinite(p).all():
+        raise ValueError(f"align needs 5 or 68 finite landmarks, got {len(p)}")
+    pts = dlib.points([dlib.point(int(round(x)), int(round(y))) for x, y in p])
+    x0, y0 = np.floor(p.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(p.max(axis=0)).astype(int)
+    shape = dlib.full_object_detection(dlib.rectangle(int(x0), int(y0), int(x1), int(y1)), pts)
+    img = np.ascontiguousarray(frame, dtype=np.uint8)
+    return np.asarray(dlib.get_face_chip(img, shape, size=int(size), padding=float(padding)), np.uint8)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> float:
