@@ -46,8 +46,8 @@ import meld_tts  # noqa: E402  (manifests/ is a folder of scripts, not a package
 
 SR = 16000
 CONFIGS = {  # name -> asr parameters (beyond ASR_PARAMS)
-    "per-clip": {"batch_size": 1},
-    "batched": {"batch_size": 8},
+    "per-clip": {"pack": False, "batch_size": 1},
+    "batched": {"pack": False, "batch_size": 8},
     "packed": {"pack": True, "batch_size": 1},
     "packed+batched": {"pack": True, "batch_size": 8},
 }

@@ -44,8 +44,8 @@ DEFAULT_PARTITION_SIZE = 256
 # runner(label, [(rows, tasks) per partition], summary, progress bar): runs a phase's partitions elsewhere.
 PartitionRunner = Callable[[str, list[tuple[list[dict[str, Any]], list[PartitionTask]]], RunSummary, Any], None]
 
-__all__ = ["extract", "build_extractors", "feature_configs", "phases", "resolve_device", "DEFAULT_BATCH_SIZE",
-           "DEFAULT_PARTITION_SIZE", "FeatureStats", "RunSummary", "PartitionTask"]
+__all__ = ["extract", "build_extractors", "feature_configs", "keep_former_defaults", "phases", "resolve_device",
+           "DEFAULT_BATCH_SIZE", "DEFAULT_PARTITION_SIZE", "FeatureStats", "RunSummary", "PartitionTask"]
 
 
 # --------------------------------------------------------------------------- set-up
@@ -123,6 +123,35 @@ def phases(features: Iterable[str], extractors: Mapping[str, Extractor] | None =
     return out
 
 
+def keep_former_defaults(ext: Extractor, config: ExtractorConfig, inputs: RunInputs, store: Any,
+                         ) -> tuple[Extractor, str | None]:
+    """``ext``, or the extractor of ``config`` with its changed defaults set back
+    (:meth:`ExtractorConfig.with_former_defaults`) when the store holds that spec (finalized or
+    partly extracted) and not ``ext``'s: a cache made before a default changed is not recomputed.
+    The second value is the one line that says so (None when ``ext`` is kept)."""
+    former = config.with_former_defaults()
+    if former is None:
+        return ext, None
+    stored = {s.spec_id for s in store.specs(ext.name)}
+    if not stored or ext.spec().spec_id in stored:
+        return ext, None
+    old = cached_extractor(ext.name, ext.model_dir, ext.device, former)
+    old.bind(inputs)
+    old_spec = old.spec()
+    if old_spec.spec_id not in stored:
+        return ext, None
+    now, then = config.as_dict(), former.as_dict()
+    changed = [k for k in now if now[k] != then[k]]
+    kept = ", ".join(f"{k}={_value(then[k])}" for k in changed)
+    new = " ".join(f"--param {ext.name}.{k}={_value(now[k])}" for k in changed)
+    return old, (f"{ext.name}: kept the spec {old_spec.spec_id} this cache holds ({kept}, the former default); "
+                 f"for the new default pass {new} (a new spec, computed from scratch)")
+
+
+def _value(v: Any) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+
 def _stored_spec(store: Any, feature: str) -> FeatureSpec | None:
     """The store's one finalized spec of ``feature`` (None when it has none, or several)."""
     try:
@@ -178,7 +207,8 @@ def extract(
     if batch_size < 1 or partition_size < 1:
         raise ClmerError("--batch-size and the partition size must be >= 1")
     dev = resolve_device(device) if runner is None else device  # a runner's workers own the device
-    extractors = build_extractors(asked, models_dir, model_overrides, dev, params)
+    configs = feature_configs(asked, params)
+    extractors = build_extractors(asked, models_dir, model_overrides, dev, configs)
     order = phases(asked, extractors)
     names = [n for phase in order for n in phase]
     store = open_store(cache_dir, m.dataset, create=True)
@@ -195,6 +225,10 @@ def extract(
         needed = ((r, specs.get(r) or _stored_spec(store, r)) for r in ext.requires)
         inputs = RunInputs(store.root, tuple((r, sp) for r, sp in needed if sp is not None))
         ext.bind(inputs)
+        ext, note = keep_former_defaults(ext, configs[name], inputs, store)
+        if note:
+            extractors[name] = ext
+            summary.notes.append(note)
         spec = ext.spec()
         specs[name] = spec
         key_input = ext.key_input()

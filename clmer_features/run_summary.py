@@ -29,6 +29,7 @@ class RunSummary:
     wall_s: float = 0.0
     decoder_restarts: int = 0
     missing_media: int = 0      # manifest rows whose media file is missing (ledger kind 'missing')
+    notes: list[str] = field(default_factory=list)  # one line each, e.g. a spec kept from before a default changed
 
     @property
     def processed(self) -> int:
@@ -58,4 +59,5 @@ class RunSummary:
         if self.missing_media:
             lines.append(f"{self.missing_media} clip(s) have no media file (ledger kind 'missing', counted as failed; "
                          "a file that appears later is extracted on the next run)")
+        lines.extend(self.notes)
         return "\n".join(lines)

@@ -60,10 +60,11 @@ def tiny_dir(tmp_path_factory):
 
 def test_spec_has_pack_only_when_packing(tiny_dir):
     d = tiny_dir
-    plain, packed = AsrExtractor(d).spec(), AsrExtractor(d, pack=True).spec()
+    plain, packed = AsrExtractor(d, pack=False).spec(), AsrExtractor(d, pack=True).spec()
     assert "pack" not in plain.params and "30 s windows" in packed.params["pack"]
     assert plain.spec_id != packed.spec_id
-    assert AsrExtractor(d, batch_size=1).spec().spec_id == plain.spec_id  # batch size is run-only
+    assert AsrExtractor(d).spec().spec_id == packed.spec_id  # packing is the default
+    assert AsrExtractor(d, batch_size=1).spec().spec_id == packed.spec_id  # batch size is run-only
 
 
 def test_transformers_packed_gives_every_clip_a_record(tiny_dir):
@@ -111,8 +112,8 @@ def test_packed_words_stay_in_their_clip_and_batching_changes_nothing():
 @needs_model
 def test_faster_whisper_batched_equals_transcribe_clip_by_clip():
     clips = [audio_clip(f"s{i}", speak(s), language="en") for i, s in enumerate(ENGLISH_SENTENCES[6:9])]
-    seq = AsrExtractor(MODEL, precision="int8", beam_size=1, batch_size=1).extract(clips)
-    batched = AsrExtractor(MODEL, precision="int8", beam_size=1, batch_size=3).extract(clips)
+    seq = AsrExtractor(MODEL, precision="int8", beam_size=1, pack=False, batch_size=1).extract(clips)
+    batched = AsrExtractor(MODEL, precision="int8", beam_size=1, pack=False, batch_size=3).extract(clips)
     assert [o.record for o in batched] == [o.record for o in seq]
 
 

@@ -331,3 +331,33 @@ def test_each_leased_batch_gets_task_keys_never_used_before_in_the_run(client, m
     ref = open_store(ref_cache, "clips").feature("siglip")
     got = open_store(cache, "clips").feature("siglip")
     assert got.clip_ids == ref.clip_ids and all(np.array_equal(got.get(c), ref.get(c)) for c in ref.clip_ids)
+
+
+def test_a_cache_made_with_a_former_default_is_finished_in_its_spec_on_dask(client, media, tmp_path):
+    """asr's pack default changed (false -> true): a cache extracted unpacked for some clips is
+    finished unpacked on the workers when pack is not given (they rebuild the extractor from the
+    planner's config), the same transcripts as an unpacked run in-process."""
+    from clmer_features.testing_audio import make_tiny_whisper
+
+    whisper = make_tiny_whisper(tmp_path / "whisper")
+    rows = clip_rows(media)[:9]  # 8 video clips and the wav
+    asr = {"beam_size": 1, "max_new_tokens": 4, "language": "en"}
+    man = T.write_manifest(tmp_path / "clips.csv", rows)
+    half = T.write_manifest(tmp_path / "half.csv", rows[:4])
+
+    def run(manifest, cache, params, runner=None):
+        return extract(manifest, ["asr"], cache, dataset="clips", model_overrides={"asr": whisper}, device="cpu",
+                       partition_size=PARTITION, progress=False, params={"asr": params}, runner=runner)
+
+    refs = {pack: run(man, tmp_path / f"ref-{pack}", {**asr, "pack": pack}) for pack in (False, True)}
+    segs = {pack: dict(open_store(tmp_path / f"ref-{pack}", "clips").feature("asr").records()
+                        .select("clip_id", "segments").iter_rows()) for pack in refs}
+    assert segs[False] != segs[True]  # packing changes this model's words: the check below can fail
+    cache = tmp_path / "cache"
+    run(half, cache, {**asr, "pack": False})
+    runner = DaskRunner(client, log=lambda m: None)
+    s = run(man, cache, asr, runner)  # pack not given
+    assert runner.partitions_run == 2 and s.features["asr"].spec_id == refs[False].features["asr"].spec_id
+    assert (s.features["asr"].skipped, s.features["asr"].done) == (4, 5) and "kept the spec" in s.notes[0]
+    got = open_store(cache, "clips").feature("asr").records().select("clip_id", "segments").iter_rows()
+    assert dict(got) == segs[False]

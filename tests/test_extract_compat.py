@@ -1,10 +1,13 @@
 """Existing caches stay valid across the extractor contract (issue 12).
 
 - The spec dicts of the six extractors are pinned (``data/pinned_specs.json``, written by the code
-  before the contract), for default and changed parameters, on cpu and cuda.
+  before the contract), for default and changed parameters, on cpu and cuda. asr's default became
+  ``pack=true``: the entries of before name ``pack: false`` (their specs unchanged), and the
+  packed default's spec is pinned beside them.
 - A store written before the contract (``data/prechange``, see its ``make_prechange.py``) is read
   by today's code and resumed without recomputing anything: same spec ids, nothing loaded,
-  only a new clip is computed.
+  only a new clip is computed (asr keeps its unpacked spec: ``pack`` is not given, and the
+  store holds the spec of its former default).
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ def test_spec_dicts_are_pinned(models) -> None:
                "emotion2vec": root / "emotion2vec/emotion2vec_base", "asr": root / "openai/whisper-large-v3-turbo",
                **overrides}
     cases = json.loads((DATA / "pinned_specs.json").read_text())
-    assert len(cases) == 22
+    assert len(cases) == 24
     for case in cases:
         got = get_extractor(case["feature"])(folders[case["feature"]], device=case["device"], **case["params"])
         spec = got.spec().to_dict()
@@ -78,6 +81,7 @@ def test_a_store_written_before_the_contract_is_read_and_resumed(models, tmp_pat
     for name in MAKER.FEATURES:
         st = s.features[name]
         assert (st.spec_id, st.planned, st.done) == (before[name], 0, 0), name
+    assert len(s.notes) == 1 and s.notes[0].startswith("asr: kept the spec 94b876cc39ea this cache holds (pack=false")
     assert s.features["bert"].skipped == 2 and s.features["siglip"].skipped == 2
     assert {sp.feature: sp.spec_id for sp in open_store(work / "cache", "clips").specs()} == before
     np.testing.assert_array_equal(open_store(work / "cache", "clips").feature("bert").get("tone"), stored_bert)

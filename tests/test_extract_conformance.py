@@ -13,8 +13,10 @@ from clmer_features.media import DecodeJob, decode_clip
 from _extract_helpers import media, tiny_models  # noqa: F401  (fixtures)
 
 TEXTS = ["hello happy day", "oh no this is terrible and sad, i cannot believe it", "wow"]
-# settings that keep a tiny random model quick (a random Whisper would generate 448 tokens)
-PARAMS = {"asr": {"beam_size": 1, "max_new_tokens": 4, "language": "en",
+# settings that keep a tiny random model quick (a random Whisper would generate 448 tokens); asr
+# unpacked: a packed clip's words depend on its neighbours in the window by design, so "alone =
+# in a batch" holds one clip a window (packing's own rules: tests/test_asr_pack.py)
+PARAMS = {"asr": {"beam_size": 1, "max_new_tokens": 4, "language": "en", "pack": False,
                 "precision": "float32"}}  # auto: fp16 on a GPU, by design
 
 

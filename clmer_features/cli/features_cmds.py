@@ -23,6 +23,9 @@ def _format(d: dict) -> str:
         kind = "spec" if p["spec"] else "run-only"
         lines.append(f"  --param {d['feature']}.{p['name']}={json.dumps(p['default'])}  ({kind}; {p['allowed']})"
                      f"  {p['help']}")
+        if "former_default" in p:
+            lines.append(f"      default was {json.dumps(p['former_default'])} before: a cache holding that spec "
+                         f"keeps it unless {d['feature']}.{p['name']} is given")
     return "\n".join(lines)
 
 

@@ -64,7 +64,7 @@ def load_builtin() -> None:
 def describe(name: str) -> dict:
     """One feature as the ``features`` command lists it: family, input, default model folder id,
     what it requires, its output, and each parameter (type, default, whether it changes the spec,
-    allowed values, help)."""
+    allowed values, help, and ``former_default`` where the default changed)."""
     cls = get_extractor(name)
     return {
         "feature": name,
@@ -77,7 +77,7 @@ def describe(name: str) -> dict:
         "help": " ".join((cls.__doc__ or "").split()) if cls.preset_of else "",
         "params": [
             {"name": p.name, "type": p.type, "default": p.default, "spec": p.spec, "allowed": p.allowed(),
-             "help": p.help}
+             "help": p.help, **({"former_default": p.former_default} if p.default_changed else {})}
             for p in cls.Config.describe()
         ],
     }

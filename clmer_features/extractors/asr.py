@@ -12,7 +12,9 @@ from the first 30 s otherwise (``language_source`` says which), or one fixed
 English-only model refuses a clip whose manifest language is not English
 rather than transcribe it as English.
 
-Packing (``pack=True``, a spec parameter: it can change the words): clips of one
+Packing (``pack=True``, the default since benchmarks/results/asr.md; a spec
+parameter: it can change the words; its former default ``False`` is declared, so
+a cache holding the unpacked spec keeps it unless ``pack`` is given): clips of one
 language are laid end to end, ``PACK_GAP_S`` of silence apart, into windows of
 up to 30 s; each window is transcribed once with word timestamps and every word
 goes back to the clip under its midpoint (:func:`pack_windows`,
@@ -217,8 +219,8 @@ class AsrConfig(ExtractorConfig):
                            "faster-whisper folder)", choices=PRECISIONS)
     max_new_tokens: int | None = param(None, "most tokens generated per 30 s window (default: the model's)",
                                        minimum=1)
-    pack: bool = param(False, "lay several short clips end to end, 1 s of silence apart, in one 30 s window "
-                       "(in the spec only when on)")
+    pack: bool = param(True, "lay several short clips end to end, 1 s of silence apart, in one 30 s window "
+                       "(in the spec only when on)", former_default=False)
     batch_size: int = param(8, "windows per encoder and decoder call", spec=False, minimum=1)
 
 

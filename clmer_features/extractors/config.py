@@ -8,6 +8,14 @@ validation (:meth:`ExtractorConfig.from_params`), the spec parameters
 (:meth:`~ExtractorConfig.spec_params`), the model-cache key
 (:meth:`~ExtractorConfig.to_json`) and the ``features`` listing
 (:meth:`~ExtractorConfig.describe`).
+
+A spec field whose default changed declares the default it had before
+(``former_default``): a config remembers which fields were given explicitly
+(:attr:`~ExtractorConfig.given`), and :meth:`~ExtractorConfig.with_former_defaults`
+is the same config with the fields left to a changed default set back to the
+former one. The engine uses it so that a store made before the change keeps its
+spec (nothing recomputed) unless the new value is asked for; explicit values
+always win.
 """
 from __future__ import annotations
 
@@ -22,17 +30,25 @@ from typing import Any, Mapping
 from clmer_features.errors import ParameterError
 
 _SIMPLE = (bool, int, float, str)
+_NONE = object()  # no former default
 
 
-def param(default: Any, help: str, *, spec: bool = True, choices: tuple = (), minimum: Any = None) -> Any:
+def param(default: Any, help: str, *, spec: bool = True, choices: tuple = (), minimum: Any = None,
+          former_default: Any = _NONE) -> Any:
     """A config field. ``spec=True``: it changes the numbers, so it goes into the feature spec;
     ``spec=False``: a run-only setting (batch sizes ...), never in the spec.
     ``choices``: the allowed values (empty: any of the field's type); ``minimum``: the smallest
-    allowed number."""
+    allowed number. ``former_default``: the default this spec field had before its default
+    changed; a store holding the spec made with it keeps that spec when the field is not given
+    (:meth:`ExtractorConfig.with_former_defaults`)."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("a param default must be immutable (use a tuple)")
-    return dataclasses.field(default=default, metadata={
-        "help": help, "spec": bool(spec), "choices": tuple(choices), "minimum": minimum})
+    meta = {"help": help, "spec": bool(spec), "choices": tuple(choices), "minimum": minimum}
+    if former_default is not _NONE:
+        if not spec or former_default == default:
+            raise TypeError("former_default is for a spec field whose default changed")
+        meta["former_default"] = former_default
+    return dataclasses.field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -46,6 +62,12 @@ class ParamInfo:
     spec: bool
     choices: tuple = ()
     minimum: Any = None
+    former_default: Any = _NONE
+
+    @property
+    def default_changed(self) -> bool:
+        """The default was another value before (``former_default``)."""
+        return self.former_default is not _NONE
 
     def allowed(self) -> str:
         """The allowed values in words: ``'cls' or 'pooler'``, ``a number >= 0.1``, ``an integer``."""
@@ -116,7 +138,27 @@ def _coerce(value: Any, types_: tuple[type, ...]) -> Any:
 
 @dataclass(frozen=True)
 class ExtractorConfig:
-    """Base of every extractor's config (a frozen dataclass whose fields use :func:`param`)."""
+    """Base of every extractor's config (a frozen dataclass whose fields use :func:`param`).
+
+    A config remembers the fields it was given (:attr:`given`: the keyword and positional
+    arguments of the constructor, the names passed to :meth:`from_params`); the rest took
+    their default. ``dataclasses.replace`` passes every field, so its result has all given.
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "ExtractorConfig":
+        self = super().__new__(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        object.__setattr__(self, "_given", frozenset(names[:len(args)]) | frozenset(kwargs))
+        return self
+
+    @property
+    def given(self) -> frozenset[str]:
+        """The fields set explicitly (not left to their default)."""
+        return getattr(self, "_given", frozenset())
+
+    def _as_given(self, given: frozenset[str]) -> "ExtractorConfig":
+        object.__setattr__(self, "_given", frozenset(given))
+        return self
 
     @classmethod
     def from_params(cls, feature: str, params: Mapping[str, Any]) -> "ExtractorConfig":
@@ -144,8 +186,19 @@ class ExtractorConfig:
         return cls(**values)
 
     def validated(self, feature: str) -> "ExtractorConfig":
-        """This config checked as :meth:`from_params` checks (for configs built directly)."""
-        return type(self).from_params(feature, self.as_dict())
+        """This config checked as :meth:`from_params` checks (for configs built directly); the
+        fields given stay those of this config."""
+        return type(self).from_params(feature, self.as_dict())._as_given(self.given)
+
+    def with_former_defaults(self) -> "ExtractorConfig | None":
+        """This config with every field whose default changed (``former_default``) and that was
+        not given set back to its former default; None when no field is such. The engine runs
+        it instead of this one where the store holds its spec and not this one's."""
+        changes = {f.name: f.metadata["former_default"] for f in dataclasses.fields(self)
+                   if "former_default" in f.metadata and f.name not in self.given}
+        if not changes:
+            return None
+        return dataclasses.replace(self, **changes)._as_given(self.given)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -169,21 +222,23 @@ class ExtractorConfig:
         return [
             ParamInfo(f.name, _type_name(types_[f.name]), f.default, f.metadata.get("help", ""),
                       bool(f.metadata.get("spec", True)), tuple(f.metadata.get("choices", ())),
-                      f.metadata.get("minimum"))
+                      f.metadata.get("minimum"), f.metadata.get("former_default", _NONE))
             for f in dataclasses.fields(cls)
         ]
 
     @classmethod
     def with_defaults(cls, name: str, defaults: Mapping[str, Any]) -> type["ExtractorConfig"]:
         """A subclass whose fields named in ``defaults`` default to those values (a preset's config).
-        ``defaults`` are validated like ``--param`` values; ``name`` names the preset in errors."""
+        ``defaults`` are validated like ``--param`` values; ``name`` names the preset in errors.
+        A field the preset sets has no former default (the preset's value is its own)."""
         checked = cls.from_params(name, defaults)
         types_ = _field_types(cls)
         fields = []
         for f in dataclasses.fields(cls):
             if f.name in defaults:
                 t = typing.Union[types_[f.name]] if len(types_[f.name]) > 1 else types_[f.name][0]
-                fields.append((f.name, t, dataclasses.field(default=getattr(checked, f.name), metadata=f.metadata)))
+                meta = {k: v for k, v in f.metadata.items() if k != "former_default"}
+                fields.append((f.name, t, dataclasses.field(default=getattr(checked, f.name), metadata=meta)))
         title = "".join(p.capitalize() for p in name.split("_")) + "Config"
         return dataclasses.make_dataclass(title, fields, bases=(cls,), frozen=True,
                                           namespace={"__module__": cls.__module__})
