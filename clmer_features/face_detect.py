@@ -141,7 +141,7 @@ def eye_angle(landmarks: np.ndarray) -> float:
 def landmark_box(points: np.ndarray) -> np.ndarray:
     """The box (x0, y0, x1, y1) around landmarks [n, 2]: for the 68 points, jaw line to eyebrows
     and cheek to cheek (the bounds, as the OpenFace import stores them)."""
-    p = np.asarray(points, np.float32).reshape(-1, 2)
+    p = np.asarray(points, np.float64).reshape(-1, 2)
     return np.concatenate([p.min(axis=0), p.max(axis=0)])
 
 

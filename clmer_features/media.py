@@ -436,3 +436,30 @@ class DecoderPool:
                 pending = deque((j, self._submit(j)) for j, _ in pending)
             yield job, res
             refill()
+
+
+# --- frames at given times (imports that bring their own frame times) ------------------
+def frames_at(path: str, times: np.ndarray, batch: int = 32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The frames shown at ``times`` (seconds from the file's start: the last frame starting at or
+    before each time), ``batch`` at a time: (positions in ``times``, frames [n, H, W, 3] uint8),
+    upright as players show them. DecodeError if the video cannot be read or a time is past its end."""
+    from decord import VideoReader, cpu
+
+    pr = probe(path)
+    if not pr.has_video:
+        raise DecodeError("no video stream")
+    vr = VideoReader(path, ctx=cpu(0), num_threads=1)
+    n = len(vr)
+    if n == 0:
+        raise DecodeError("video stream has no frames")
+    stamps = np.asarray(vr.get_frame_timestamp(np.arange(n)))[:, 0].astype(np.float64)
+    end = float(vr.get_frame_timestamp(n - 1)[1])
+    times = np.asarray(times, np.float64)
+    late = np.flatnonzero(times >= end + 1e-3)
+    if len(late):
+        raise DecodeError(f"time {times[late[0]]:.3f}s is past the end of the video ({end:.3f}s)")
+    idx = np.clip(np.searchsorted(stamps, times + 1e-6, side="right") - 1, 0, n - 1)
+    for s in range(0, len(idx), batch):
+        pick = idx[s:s + batch]
+        frames = ffmpeg_frames(path, stamps[pick], pr) if pr.rotation else vr.get_batch(pick.tolist()).asnumpy()
+        yield np.arange(s, s + len(pick)), np.ascontiguousarray(frames, dtype=np.uint8)

@@ -73,14 +73,21 @@ def manifest_from(dataset: str, root: str, out: str, keep_missing: bool, relativ
 @click.option("--model-id", default="", help="Model that made the features, recorded in the spec.")
 @click.option("--input", "input_", type=click.Choice(["media", "text"]), default=None,
               help="Which cache key the feature follows (default: media when the manifest has media, else text).")
+@click.option("--size", type=click.IntRange(min=16), default=None,
+              help="openface from CSVs only: side of the crops aligned from the videos (default 112, as faces).")
+@click.option("--padding", type=click.FloatRange(min=0.0), default=None,
+              help="openface from CSVs only: margin around the aligned face (default 0.25, as faces).")
 def import_cmd(fmt: str, source: str, manifest: str, feature: str | None, cache_dir: str, dataset: str | None,
-               key: str | None, allow_pickle: bool, model_id: str, input_: str | None) -> None:
+               key: str | None, allow_pickle: bool, model_id: str, input_: str | None, size: int | None,
+               padding: float | None) -> None:
     """Import features from SOURCE (a .npy folder, an HDF5 file or an MMSA pickle) into the store.
 
-    `openface` imports OpenFace's aligned faces as the `faces` feature: SOURCE holds one folder
+    `openface` imports OpenFace's outputs as the `faces` feature: SOURCE holds one folder
     per clip id with MERTools' `<clip>.npy` (the aligned faces, BGR) and optionally OpenFace's
-    `<clip>.csv` (times, 68 landmarks, confidence); vision features then read them with
-    `--param clip.input=faces`.
+    `<clip>.csv` (times, 68 landmarks, confidence); or only OpenFace's CSVs (`<clip>.csv` or
+    `<clip>/<clip>.csv`): the crops are then aligned from the manifest's videos by the CSV's
+    landmarks, as the faces feature aligns (--size, --padding). Vision features then read them
+    with `--param clip.input=faces`.
 
     \b
     Example:
@@ -93,8 +100,11 @@ def import_cmd(fmt: str, source: str, manifest: str, feature: str | None, cache_
 
         if feature not in (None, "faces"):
             raise click.UsageError("openface imports the faces feature; leave out -f or give -f faces")
-        click.echo(import_openface(source, manifest, cache_dir=cache_dir, dataset=dataset).text())
+        click.echo(import_openface(source, manifest, cache_dir=cache_dir, dataset=dataset, size=size,
+                                   padding=padding).text())
         return
+    if size is not None or padding is not None:
+        raise click.UsageError("--size and --padding are for `import openface` from CSVs only")
     if not feature:
         raise click.UsageError("give the feature to create: -f NAME")
     summary = import_features(fmt, source, manifest, feature, cache_dir=cache_dir, dataset=dataset, key=key,
