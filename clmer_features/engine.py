@@ -295,12 +295,13 @@ def extract(
 
     for phase in order:
         media_names = [n for n in phase if extractors[n].input in MEDIA_INPUTS]
-        text_names = [n for n in phase if extractors[n].input not in MEDIA_INPUTS]
+        # text (manifest or transcript) and input=faces encoders (crops from the store): nothing to decode
+        stored_names = [n for n in phase if extractors[n].input not in MEDIA_INPUTS]
         if any(plans[n][3] for n in media_names):
             # keep two batches decoding ahead, so the model rarely waits for the decoders
             with DecoderPool(workers=decode_workers, window=2 * batch_size + 2) as pool:
                 run_phase(media_names, pool, "decode+encode")
-        run_phase(text_names, None, "text")
+        run_phase(stored_names, None, "encode (no decoding)")
         finalize(phase)
     summary.wall_s = time.perf_counter() - t_run
     return summary

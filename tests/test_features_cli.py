@@ -26,12 +26,21 @@ def test_features_lists_every_registered_feature_with_its_declaration() -> None:
     assert siglip["frame_interval"]["spec"] is True and siglip["frame_interval"]["default"] == 2.0
     assert siglip["frame_batch"]["spec"] is False
     assert listed["bert"]["requires"] == ["asr"]
+    # input=faces makes every vision encoder require faces; the listing says so, and it is what they do
+    when = {n: d["requires_when"] for n, d in listed.items() if d["requires_when"]}
+    assert {"siglip", "clip", "dinov2", "videomae"} <= set(when), sorted(when)
+    for name, conds in when.items():
+        assert conds == [{"param": "input", "value": "faces", "requires": ["faces"]}], name
+        cls = get_extractor(name)
+        assert "faces" not in cls.requires and "faces" not in cls(None).requires
+        assert "faces" in cls(None, input="faces").requires, name
 
     text = CliRunner().invoke(cli, ["features", "asr", "siglip"]).output
     assert "--models-dir/openai/whisper-large-v3-turbo" in text
     assert "--param siglip.frame_batch=64  (run-only; an integer >= 1)" in text
     assert "--param asr.precision=\"auto\"  (spec; \"auto\" or \"float32\" or \"float16\" or \"int8\")" in text
     assert "bert" not in text
+    assert "requires: faces with --param siglip.input=faces (runs first" in text
     r = CliRunner().invoke(cli, ["features", "nope"])
     assert isinstance(r.exception, ClmerError) and "unknown feature(s) nope" in str(r.exception)
 

@@ -12,8 +12,11 @@ def _format(d: dict) -> str:
     if d["help"]:
         lines.append(f"  {d['help']}")
     lines.append(f"  model:    {('--models-dir/' + d['default_model']) if d['default_model'] else 'none needed'}")
-    if d["requires"]:
-        lines.append(f"  requires: {', '.join(d['requires'])} (runs first when asked for too; its output is read "
+    needs = [", ".join(d["requires"])] if d["requires"] else []
+    needs += [f"{', '.join(w['requires'])} with --param {d['feature']}.{w['param']}={w['value']}"
+              for w in d["requires_when"]]
+    if needs:
+        lines.append(f"  requires: {'; '.join(needs)} (runs first when asked for too; its output is read "
                      "from the store)")
     if d["output"]:
         lines.append(f"  output:   {d['output']}")

@@ -63,8 +63,9 @@ def load_builtin() -> None:
 
 def describe(name: str) -> dict:
     """One feature as the ``features`` command lists it: family, input, default model folder id,
-    what it requires, its output, and each parameter (type, default, whether it changes the spec,
-    allowed values, help, and ``former_default`` where the default changed)."""
+    what it requires (always, and with a parameter's value), its output, and each parameter (type,
+    default, whether it changes the spec, allowed values, help, and ``former_default`` where the
+    default changed)."""
     cls = get_extractor(name)
     return {
         "feature": name,
@@ -73,6 +74,7 @@ def describe(name: str) -> dict:
         "input": cls.input,
         "default_model": cls.default_model,
         "requires": list(cls.requires),
+        "requires_when": [{"param": p, "value": v, "requires": list(r)} for p, v, r in cls.requires_when],
         "output": cls.output,
         "help": " ".join((cls.__doc__ or "").split()) if cls.preset_of else "",
         "params": [

@@ -160,6 +160,8 @@ class Extractor(abc.ABC):
     default_model: ClassVar[str] = ""  # hub id looked up under --models-dir ("" = needs no weights)
     format_version: ClassVar[int] = 1
     requires: ClassVar[tuple[str, ...]] = ()  # features that run (and finalize) before this one
+    # features required only with a parameter's value: (("input", "faces", ("faces",)),) (the `features` listing)
+    requires_when: ClassVar[tuple[tuple[str, Any, tuple[str, ...]], ...]] = ()
     output: ClassVar[str] = ""         # e.g. "[T, 768] every 2 s" for the `features` listing
     preset_of: ClassVar[str | None] = None  # the family extractor a preset is made of
 

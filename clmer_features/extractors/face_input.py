@@ -40,6 +40,7 @@ class FaceInput:
     name: str
     input: str
     requires: tuple[str, ...]
+    requires_when = (("input", "faces", ("faces",)),)
 
     def setup_faces(self, which: str) -> None:
         self.uses_faces = which == "faces"
@@ -47,7 +48,7 @@ class FaceInput:
         self._faces_reader: Any = None
         if self.uses_faces:
             self.input = "faces"  # no decoding: the crops come from the store
-            self.requires = ("faces",)
+            self.requires = tuple(dict.fromkeys((*self.requires, *self.requires_when[0][2])))
 
     def bind(self, inputs: RunInputs) -> None:
         self._faces_inputs, self._faces_reader = inputs, None
