@@ -125,14 +125,28 @@ def test_box_detector_is_the_spec_of_faces_caches_made_before_the_box_parameter(
 
 
 def test_the_stored_box_follows_the_box_parameter_and_the_crops_do_not(videos, tmp_path):
+    from clmer_features.engine import extract as run
+    from clmer_features.extractors.faces import FacesExtractor
+    from clmer_features.store import open_store
+
     pan = videos["pan"]
+    rows = [{"clip_id": "pan", "video": str(pan.path)}]
     frames = {}
     for box in ("detector", "landmarks"):
-        store = extract(tmp_path, [{"clip_id": "pan", "video": str(pan.path)}], "faces", "faces.frame_interval=0.5",
-                        f"faces.box={box}", cache=box)
-        r = store.feature("faces")
+        store = extract(tmp_path, rows, "faces", "faces.frame_interval=0.5", f"faces.box={box}")
+        r = store.feature("faces", spec=FacesExtractor(frame_interval=0.5, box=box).spec())
         rec = record(r, "pan")
         frames[box] = (r.get("pan"), np.array(rec["boxes"]), rec)
+        if box == "detector":  # a cache made before the parameter: kept when box is not given
+            old = FacesExtractor(frame_interval=0.5, box="detector").spec().spec_id
+            s = run(tmp_path / "clips.csv", ["faces"], tmp_path / "cache", device="cpu", progress=False,
+                    params={"faces": {"frame_interval": 0.5}})
+            st = s.features["faces"]
+            assert (st.spec_id, st.planned, st.skipped) == (old, 0, 1)
+            assert s.notes == [f"faces: kept the spec {old} this cache holds (box=detector, the former default); "
+                               f"for the new default pass --param faces.box=landmarks (a new spec, computed from "
+                               f"scratch)"]
+    assert len(open_store(tmp_path / "cache", "clips").specs("faces")) == 2  # box=landmarks given: a new spec
     (crops_d, boxes_d, rec_d), (crops_l, boxes_l, rec_l) = frames["detector"], frames["landmarks"]
     np.testing.assert_array_equal(crops_d, crops_l)  # aligned by the same 5 landmarks either way
     assert "landmarks68" not in rec_d and rec_d["landmarks"] == rec_l["landmarks"]

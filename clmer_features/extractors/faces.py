@@ -23,8 +23,9 @@ The box (``box`` parameter): ``landmarks`` (the default) is the box around the
 detector's window, and what the OpenFace import stores. ``detector`` is dlib's
 HOG window: square, in steps of 5/6 in size, and it stops above the chin (the
 box of faces specs made before the parameter existed: with ``box=detector`` the
-spec is theirs, so those caches are reused). The crop is aligned by the 5
-landmarks either way.
+spec is theirs; it is the parameter's ``former_default``, so a cache holding such
+a spec keeps it, and the encoders' ``input=faces`` specs with it, unless
+``box`` is given). The crop is aligned by the 5 landmarks either way.
 
 A frame without the face is recorded as such (``face`` false, no row), never
 as a crop of zeros; a clip in which no frame shows a face is ``absent`` for
@@ -69,7 +70,8 @@ class FacesConfig(ExtractorConfig):
     min_score: float = param(0.0, "detector threshold adjustment (0: dlib's default; higher: fewer, surer faces)")
     box: str = param("landmarks", "stored box: landmarks (around the 68 face landmarks, jaw line to eyebrows; "
                      "as the OpenFace import) or detector (dlib's square HOG window, stops above the chin; "
-                     "the spec of faces caches made before this parameter)", choices=("landmarks", "detector"))
+                     "the spec of faces caches made before this parameter)", choices=("landmarks", "detector"),
+                     former_default="detector")
     identity_threshold: float = param(0.6, "face-descriptor distance under which two tracklets are one person "
                                       "(used when the clip has several tracklets)", minimum=0.0)
 
