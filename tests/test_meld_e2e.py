@@ -317,3 +317,16 @@ def test_twelve_meld_clips_end_to_end_twice(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "results table identical: yes" in text and "| extraction speed (first run, wall clock) |" in text
     assert all(line in text.splitlines() for line in first["table"].splitlines())
+
+
+def test_extraction_speed_is_set_against_the_baseline_only_for_its_feature_set():
+    meld_e2e = _load("meld_e2e", ROOT / "benchmarks" / "meld_e2e.py")
+    feats = {n: {"done": 6719, "failed": 0, "absent": 0, "model_s": 10.0} for n in ("siglip", "emotion2vec", "asr")}
+    first = {"audio": "emotion2vec", "extract": {"wall_s": 1000.0, "decode_s": 50.0, "decode_wait_s": 5.0,
+                                                 "features": feats}}
+    sp = meld_e2e.speed(first)
+    assert sp["clips_per_s"] == pytest.approx(6.719) and sp["ratio"] == pytest.approx(6.719 / 2.83)
+    rows = meld_e2e.speed_rows(first)
+    assert len(rows) == 2 and rows[0].endswith("| 2.37x the baseline |") and "2374 s" in rows[1]
+    assert meld_e2e.speed({**first, "audio": "egemaps"})["ratio"] is None  # other features: no ratio
+    assert len(meld_e2e.speed_rows({**first, "audio": "egemaps"})) == 1

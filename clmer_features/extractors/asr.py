@@ -23,7 +23,9 @@ window, or whose language must be detected, or left without a word in its
 packed window (Whisper drops or merges a one-word utterance next to its
 neighbours), is transcribed alone. A clip's
 packed transcript can depend on its neighbours in the window (the decoder sees
-them), so packing follows the order the clips come in.
+them), so packing follows the order the clips come in. Packed, the extractor asks
+the engine for at least ``PACK_CLIPS`` clips a call (:meth:`AsrExtractor.clips_per_call`),
+so that windows fill.
 
 ``batch_size`` (run-only) windows go through the encoder and the decoder at
 once. For faster-whisper the unpacked batched path reproduces the library's own
@@ -56,6 +58,7 @@ WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's input window
 MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s: less is not speech
 PRECISIONS = ("auto", "float32", "float16", "int8")
 PACK_GAP_S = 1.0  # silence between two packed clips: wide enough for word timestamps to fall on one side
+PACK_CLIPS = 64  # clips per extract call when packing (benchmarks/results/asr.md ran 64): windows fill
 
 
 class UnsupportedLanguageError(ValueError):
@@ -250,6 +253,11 @@ class AsrExtractor(Extractor):
         self._model: Any = None
         self._processor: Any = None
         self._torch_dtype: Any = None
+
+    def clips_per_call(self, batch_size: int) -> int:
+        """Packed, at least :data:`PACK_CLIPS` clips a call: a window fills only with the clips of
+        one call (16 clips of ~3 s make three windows, the last one mostly silence)."""
+        return max(batch_size, PACK_CLIPS) if self.pack else batch_size
 
     # --- spec -----------------------------------------------------------------
     @property

@@ -197,6 +197,11 @@ class Extractor(abc.ABC):
         """Frames this extractor needs (video extractors), else None."""
         return None
 
+    def clips_per_call(self, batch_size: int) -> int:
+        """How many clips one :meth:`extract` call should get: the run's ``batch_size``, unless the
+        extractor needs more at once (packed ASR fills 30 s windows with the clips of one call)."""
+        return batch_size
+
     def missing_input(self, clip: "DecodedClip") -> tuple[str, str] | None:
         """``(kind, why)`` when ``clip`` lacks this extractor's input, else None.
 
