@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from clmer_fusion.bench import run_grid, write_outputs
-from clmer_fusion.fit import TrainConfig, _stats
+from clmer_fusion.fit import _stats
 from clmer_fusion.heads import build_head
 from clmer_fusion.protocols import make_folds
 from clmer_fusion.record import git_revision, machine, package_versions

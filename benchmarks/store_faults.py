@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -140,7 +139,6 @@ def prepare(case: Case, scenario: str, workdir: Path) -> Path:
 def store_difference(a: Path, b: Path, features: tuple[str, ...] = FEATURES) -> str | None:
     """None when the stores hold the same data (values, times, pooled, failures, ledger), else what differs."""
     import numpy as np
-    import polars as pl
 
     from clmer_features.store import open_store
 

@@ -32,7 +32,6 @@ import contextlib
 import logging
 import os
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path

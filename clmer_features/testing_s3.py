@@ -2,7 +2,6 @@
 ``pip install "moto[server]"``, in the ``test`` extra)."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys

@@ -38,7 +38,6 @@ from clmer_features.errors import ClmerError
 from clmer_features.store.layout import atomic_write_bytes
 from clmer_fusion.data import FusionData
 from clmer_fusion.explain import all_subsets, explain_outputs, format_share, prior_of, shares_of
-from clmer_fusion.fit import TrainConfig
 from clmer_fusion.metrics import primary_metric
 from clmer_fusion.protocols import make_folds, normalize
 from clmer_fusion.record import digest, file_sha256, git_revision, machine, package_versions

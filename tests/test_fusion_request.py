@@ -20,7 +20,7 @@ from clmer_features.errors import ClmerError, StoreError
 from clmer_features.spec import FeatureSpec
 from clmer_features.store import open_store
 from clmer_fusion.cli import cli
-from clmer_fusion.request import Request, StaleFeaturesError, load, open_sources, spec_differences
+from clmer_fusion.request import Request, StaleFeaturesError, load, spec_differences
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _fusion_helpers import write_synthetic_store  # noqa: E402

@@ -12,11 +12,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from clmer_features import testing as T
 from clmer_features.engine import extract
-from clmer_features.store import layout as L
 from clmer_features.store import open_store
 from clmer_features.store.lease import Leases
 from clmer_features.store.maintenance import gc, verify

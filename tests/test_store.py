@@ -2,7 +2,6 @@ import os
 import time
 
 import numpy as np
-import polars as pl
 import pytest
 import zarr
 
@@ -103,13 +102,13 @@ def test_raw_reads_equal_zarr_reads_and_fallback(tmp_path, manifest):
     from clmer_features.store.writer import write_uncompressed_shard
 
     big = np.random.default_rng(1).standard_normal((1300, 5)).astype(np.float16)
-    z = zarr.create_array(tmp_path / "own", shape=big.shape, chunks=(512, 5), shards=(1536, 5), dtype="float16", compressors=None)
+    zarr.create_array(tmp_path / "own", shape=big.shape, chunks=(512, 5), shards=(1536, 5), dtype="float16", compressors=None)
     write_uncompressed_shard(tmp_path / "own" / "c" / "0" / "0", big, 512, 1536)
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "own", mode="r")[:], big)
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "own", mode="r")[700:1299], big[700:1299])
     np.testing.assert_array_equal(RawRows.open(tmp_path / "own").read(500, 1300), big[500:1300])
     # A compressed array is not ours to read byte-wise: the reader falls back to zarr.
-    z = zarr.create_array(tmp_path / "z", shape=(10, 4), chunks=(5, 4), shards=(10, 4), dtype="float16")
+    zarr.create_array(tmp_path / "z", shape=(10, 4), chunks=(5, 4), shards=(10, 4), dtype="float16")
     assert RawRows.open(tmp_path / "z") is None
 
 

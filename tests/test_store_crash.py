@@ -6,7 +6,6 @@ import sys
 import textwrap
 import time
 
-import numpy as np
 
 from clmer_features.spec import FeatureSpec
 from clmer_features.store import open_store

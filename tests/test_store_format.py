@@ -1,7 +1,6 @@
 """The store as a versioned contract: the format written at every level, a newer format
 refused in one line, format 1 stores (written by clmer before the format was stamped)
 still read and resumed, and every level a zarr node that zarr-python walks."""
-import json
 import shutil
 import subprocess
 import sys

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal, Mapping, TypeVar
 
 import numpy as np
 
-from clmer_features.extractors.config import ExtractorConfig, ParamInfo, param
+from clmer_features.extractors.config import ExtractorConfig, ParamInfo, param  # noqa: F401 (extractor modules import them from here)
 from clmer_features.spec import FeatureSpec
 
 InputKind = Literal["video", "audio", "text"]

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clmer_fusion.heads.base import Head, LossFn, Tensor, mlp
+from clmer_fusion.heads.base import Head, LossFn, mlp
 
 
 class LinearHead(Head):

@@ -21,9 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from clmer_fusion.r1omni.model import R1OmniConfig, R1OmniModel
