@@ -1,64 +1,20 @@
 """Crash safety and concurrency of the part/finalize protocol, with real processes."""
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 
-
-from clmer_features.spec import FeatureSpec
 from clmer_features.store import open_store
-from clmer_features.store.maintenance import gc, verify
+from clmer_features.store.maintenance import gc
 
-SPEC = FeatureSpec.create("emb", model_id="synthetic", params={"dim": 16})
-
-WRITER = textwrap.dedent(
-    """
-    import sys, time, numpy as np
-    from clmer_features.spec import FeatureSpec
-    from clmer_features.store import open_store, part_name
-    from clmer_features.store import layout as L
-    cache, lo, hi, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-    spec = FeatureSpec.create("emb", model_id="synthetic", params={"dim": 16})
-    fw = open_store(cache, "ds", create=True).feature_writer(spec)
-    if mode == "hang":  # block just before PART.json: the part's data is on disk, unfinished
-        orig = L.atomic_write_json
-        def hang(path, obj):
-            if path.name == L.PART_FILE:
-                print("writing", flush=True); time.sleep(600)
-            return orig(path, obj)
-        L.atomic_write_json = hang
-    for start in range(lo, hi, 25):
-        ids = [f"c{i:04d}" for i in range(start, min(hi, start + 25))]
-        with fw.part(part_name(ids)) as p:
-            for cid in ids:
-                i = int(cid[1:])
-                p.add(cid, cid, np.full((i % 5 + 1, 16), i, np.float32))
-                time.sleep(0.002)  # overlap in time with the other writers
-    print("done", flush=True)
-    """
-)
-
+from _synthetic_store import SPEC, check, writer_process
 
 def run_writer(cache, lo, hi, mode="normal"):
-    return subprocess.Popen([sys.executable, "-c", WRITER, str(cache), str(lo), str(hi), mode], stdout=subprocess.PIPE, text=True)
+    return writer_process(cache, lo, hi, hang=mode == "hang")
 
 
 def check_all(cache, n):
-    store = open_store(cache, "ds")
-    summary = store.finalize("emb", SPEC.spec_id)
-    assert summary.clips == n
-    r = store.feature("emb")
-    ids = [f"c{i:04d}" for i in range(n)]
-    assert sorted(r.clip_ids) == ids
-    values, offsets = r.sequences(ids)
-    for k, cid in enumerate(ids):
-        i = int(cid[1:])
-        rows = values[offsets[k] : offsets[k + 1]]
-        assert rows.shape == (i % 5 + 1, 16) and (rows == i).all(), cid
-    rep = verify(store)
-    assert rep.ok, rep.problems
+    assert open_store(cache, "ds").finalize("emb", SPEC.spec_id).clips == n
+    check(cache, n)
 
 
 def test_four_concurrent_writers_lose_and_duplicate_nothing(tmp_path):

@@ -2,51 +2,18 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 import time
 
-import numpy as np
 import pytest
 
 from clmer_features.errors import StoreError
-from clmer_features.spec import FeatureSpec
 from clmer_features.store import open_store, part_name
 from clmer_features.store import layout as L
 from clmer_features.store.maintenance import gc, verify
 
 from _extract_helpers import tiny_models  # noqa: F401  (fixture)
 from _fault_runner import KILLED, OBJECT_POINTS
-
-SPEC = FeatureSpec.create("emb", model_id="synthetic", params={"dim": 16})
-
-
-def write_parts(cache, ranges, dataset="ds"):
-    fw = open_store(cache, dataset, create=True).feature_writer(SPEC)
-    for lo, hi in ranges:
-        ids = [f"c{i:04d}" for i in range(lo, hi)]
-        with fw.part(part_name(ids)) as p:
-            for cid in ids:
-                i = int(cid[1:])
-                p.add(cid, cid, np.full((i % 5 + 1, 16), i, np.float32), times=np.arange(i % 5 + 1, dtype=np.float32))
-    return fw
-
-
-def check(cache, n, dataset="ds"):
-    store = open_store(cache, dataset)
-    r = store.feature("emb")
-    ids = [f"c{i:04d}" for i in range(n)]
-    assert sorted(r.clip_ids) == ids
-    values, offsets = r.sequences(ids)
-    for k, cid in enumerate(ids):
-        i = int(cid[1:])
-        rows = values[offsets[k]:offsets[k + 1]]
-        assert rows.shape == (i % 5 + 1, 16) and (rows == i).all(), cid
-    assert r.times("c0003").tolist() == [0.0, 1.0, 2.0, 3.0]
-    rep = verify(store)
-    assert rep.ok, rep.problems
-
+from _synthetic_store import SPEC, check, write_parts, writer_process
 
 def test_unservable_url_is_refused_in_one_line(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -108,31 +75,10 @@ def test_the_s3_comparison_sees_a_difference(s3_faults, s3_cache):
 
 
 # --------------------------------------------------------------------------- concurrency
-WRITER = textwrap.dedent(
-    """
-    import sys, time, numpy as np
-    from clmer_features.spec import FeatureSpec
-    from clmer_features.store import open_store, part_name
-    cache, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    spec = FeatureSpec.create("emb", model_id="synthetic", params={"dim": 16})
-    fw = open_store(cache, "ds", create=True).feature_writer(spec)
-    for start in range(lo, hi, 25):
-        ids = [f"c{i:04d}" for i in range(start, min(hi, start + 25))]
-        with fw.part(part_name(ids)) as p:
-            for cid in ids:
-                i = int(cid[1:])
-                p.add(cid, cid, np.full((i % 5 + 1, 16), i, np.float32), times=np.arange(i % 5 + 1, dtype=np.float32))
-    s = fw.finalize()
-    print("done", s.clips, flush=True)
-    """
-)
-
-
 def test_two_concurrent_clients_lose_and_duplicate_nothing(s3_cache):
     """Two processes write overlapping ranges (two partitions twice: twin parts) and both finalize
     at about the same time; the store holds every clip once, and verify is clean."""
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, s3_cache, str(lo), str(hi)], stdout=subprocess.PIPE, text=True)
-             for lo, hi in ((0, 100), (50, 150))]
+    procs = [writer_process(s3_cache, lo, hi, finalize=True) for lo, hi in ((0, 100), (50, 150))]
     for p in procs:
         out, _ = p.communicate(timeout=120)
         assert p.returncode == 0 and out.startswith("done"), out
