@@ -302,7 +302,13 @@ def test_a_dask_client_and_a_local_run_on_one_cache_split_the_partitions(client,
     assert verify(open_store(cache, "clips")).ok
     ref = open_store(ref_cache, "clips").feature("siglip")  # partition size differs from the reference:
     got = open_store(cache, "clips").feature("siglip")      # compare values, not part names
-    assert got.clip_ids == ref.clip_ids and all(np.array_equal(got.get(c), ref.get(c)) for c in ref.clip_ids)
+    # One clip a partition here, several in the reference: a clip's frames share a batch with other
+    # clips' there, and a matmul's result can depend on the batch's row count in the last bit (seen on
+    # an AMD EPYC: one value of one clip one float16 step apart). Equal within two float16 steps.
+    assert got.clip_ids == ref.clip_ids
+    for c in ref.clip_ids:
+        np.testing.assert_allclose(got.get(c).astype(np.float32), ref.get(c).astype(np.float32),
+                                   rtol=2**-9, atol=2**-20, err_msg=c)
 
 
 def test_each_leased_batch_gets_task_keys_never_used_before_in_the_run(client, manifest, tiny_models, reference,
