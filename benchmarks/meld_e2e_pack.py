@@ -1,0 +1,107 @@
+"""The whole extraction with packed ASR against unpacked ASR on the same machine, in one run.
+
+    python benchmarks/meld_e2e_pack.py --out cache/meld_tts --clips 1344 [--write-md F]
+
+``meld_e2e.py`` sets its extraction against a rate recorded on another machine (2.83 clips/s):
+machines of one kind differ (tiny.en unpacked took 0.32 s a clip there and 0.42 s on an AMD
+EPYC VM). This runs the first ``--clips`` clips of a finished meld_e2e folder (media, manifest
+and models made; the list interleaves the splits, so a prefix is a proportional slice) through
+all four features (siglip, emotion2vec, asr, bert) twice, each into an empty store of its own,
+one ``extract`` call each: ``asr.pack=false`` (the former default: batched unpacked windows,
+which give the same words as one clip a window, 1.19x faster per asr.md) and the default
+(packed). Same partitions, same threads. Prints one table: clips/s, model time per feature,
+the ratio, and checks that siglip and emotion2vec are equal between the two stores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import meld_e2e as E  # noqa: E402
+
+
+def run_one(manifest: Path, store: Path, overrides: dict, pack: bool, dataset: str, chunk: int) -> dict:
+    from clmer_features.engine import extract
+
+    shutil.rmtree(store, ignore_errors=True)
+    t0 = time.perf_counter()
+    s = extract(manifest, E.all_features("emotion2vec"), store, dataset=dataset, model_overrides=overrides,
+                device="cpu", params={"asr": {**E.ASR_PARAMS, "pack": pack}}, partition_size=chunk, progress=False)
+    wall = time.perf_counter() - t0
+    d = E.summary_dict(s)
+    d["wall_total_s"] = round(wall, 1)
+    d["uptime"] = E.uptime()
+    return d
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=E.ROOT / "cache" / "meld_tts", help="a finished meld_e2e folder")
+    ap.add_argument("--clips", type=int, default=1344)
+    ap.add_argument("--chunk", type=int, default=128, help="clips per partition (meld_e2e's chunk)")
+    ap.add_argument("--write-md", type=Path)
+    a = ap.parse_args(argv)
+    from clmer_features.manifest import read_manifest
+    from clmer_features.store import open_store
+    from clmer_fusion.record import git_revision, machine
+
+    out = a.out.resolve()
+    full = out / "meld_tts.csv"
+    if not full.exists():
+        sys.exit(f"{full}: no meld_e2e manifest here; run benchmarks/meld_e2e.py --out {a.out} first")
+    man = read_manifest(full)
+    sub = out / f"pack_compare_{a.clips}.csv"
+    pl.read_csv(full, infer_schema=False).head(a.clips).write_csv(sub)
+    overrides = E.model_overrides(out, "emotion2vec")
+    before = E.uptime()
+    res = {}
+    for name, pack in (("unpacked (asr.pack=false)", False), ("packed (default)", True)):
+        res[name] = run_one(sub, out / f"store_pack_{pack}", overrides, pack, man.dataset, a.chunk)
+        print(name, json.dumps({k: res[name][k] for k in ("wall_s", "clips_per_s")}), file=sys.stderr)
+    u, p = (open_store(out / f"store_pack_{k}", man.dataset) for k in (False, True))
+    ids = pl.read_csv(sub, infer_schema=False)["clip_id"].to_list()
+    same = {f: sum(bool(np.array_equal(u.feature(f).get(c), p.feature(f).get(c))) for c in ids)
+            for f in ("siglip", "emotion2vec")}
+    specs = {f: (u.feature(f).spec.spec_id, p.feature(f).spec.spec_id) for f in ("siglip", "emotion2vec", "asr", "bert")}
+    (ru, rp) = res.values()
+    ratio = rp["clips_per_s"] / ru["clips_per_s"]
+    rows = ["| run | clips | wall s | clips/s | model s: siglip, emotion2vec, asr, bert | decode s (waited) | ratio |",
+            "|---|---|---|---|---|---|---|"]
+    for name, r in res.items():
+        ms = ", ".join(f"{r['features'][f]['model_s']:.0f}" for f in ("siglip", "emotion2vec", "asr", "bert"))
+        rows.append(f"| {name} | {r['clips']} | {r['wall_s']:.0f} | {r['clips_per_s']:.2f} | {ms} | "
+                    f"{r['decode_s']:.0f} ({r['decode_wait_s']:.0f}) | "
+                    f"{'baseline' if r is ru else f'{ratio:.2f}x'} |")
+    rev = git_revision()
+    lines = ["# The whole extraction, packed ASR against unpacked, same machine, one run", "",
+             f"Machine: {machine()['platform']}, {machine()['cpus']} CPUs, no GPU. Code revision "
+             f"{rev.get('commit', '?')[:12]}{' (with uncommitted changes)' if rev.get('dirty') else ''}; made by "
+             f"`benchmarks/meld_e2e_pack.py --clips {a.clips}` on the media of a finished `meld_e2e.py` run.", "",
+             f"The first {a.clips} of meld_e2e's 6,719 clips (its list interleaves train, dev and test), all four "
+             "features, each run one `extract` call into an empty store, partitions of "
+             f"{a.chunk} clips; unpacked first, then packed.", "",
+             f"Load (`uptime`): before `{before}`; after unpacked `{ru['uptime']}`; after packed `{rp['uptime']}`.", "",
+             *rows, "",
+             f"- Packed against unpacked, whole extraction: {ratio:.2f}x (>= 2.5x: {'yes' if ratio >= 2.5 else 'NO'}).",
+             f"- siglip arrays equal on {same['siglip']} of {len(ids)} clips, emotion2vec on {same['emotion2vec']} "
+             f"of {len(ids)}; spec ids (unpacked, packed): "
+             + "; ".join(f"{f} {a_} / {b_}" for f, (a_, b_) in specs.items()) + "."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if a.write_md:
+        a.write_md.write_text(text)
+        a.write_md.with_suffix(".json").write_text(json.dumps({"clips": a.clips, "runs": res, "same": same,
+                                                               "specs": specs, "ratio": ratio}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
