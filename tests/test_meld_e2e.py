@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import shutil
 import subprocess
 import sys
@@ -317,6 +318,19 @@ def test_twelve_meld_clips_end_to_end_twice(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "results table identical: yes" in text and "| extraction speed (first run, wall clock) |" in text
     assert all(line in text.splitlines() for line in first["table"].splitlines())
+
+    # benchmarks/meld_e2e_pack.py on this finished folder: packed against unpacked on 4 clips
+    # (a subprocess: the script puts benchmarks/ on sys.path, whose distributed.py shadows Dask's)
+    pack = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "meld_e2e_pack.py"), "--out", str(tmp_path),
+                           "--clips", "4", "--write-md", str(tmp_path / "pack.md")],
+                          capture_output=True, text=True, timeout=900)
+    assert pack.returncode == 0, pack.stderr[-3000:]
+    rec = json.loads((tmp_path / "pack.json").read_text())
+    assert rec["same"] == {"siglip": 4, "emotion2vec": 4}  # packing touches neither
+    specs = rec["specs"]
+    assert specs["siglip"][0] == specs["siglip"][1] and specs["asr"][0] != specs["asr"][1]
+    assert all(r["features"]["asr"]["done"] == 4 for r in rec["runs"].values())
+    assert "| packed (default) | 4 |" in (tmp_path / "pack.md").read_text()
 
 
 def test_extraction_speed_is_set_against_the_baseline_only_for_its_feature_set():
