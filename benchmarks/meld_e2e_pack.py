@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     from clmer_features.manifest import read_manifest
     from clmer_features.store import open_store
-    from clmer_fusion.record import git_revision, machine
 
     out = a.out.resolve()
     full = out / "meld_tts.csv"
@@ -78,36 +77,50 @@ def main(argv: list[str] | None = None) -> int:
     ids = pl.read_csv(sub, infer_schema=False)["clip_id"].to_list()
     same = {f: sum(bool(np.array_equal(u.feature(f).get(c), p.feature(f).get(c))) for c in ids)
             for f in ("siglip", "emotion2vec")}
-    specs = {f: (u.feature(f).spec.spec_id, p.feature(f).spec.spec_id) for f in ("siglip", "emotion2vec", "asr", "bert")}
+    specs = {f: (u.feature(f).spec.spec_id, p.feature(f).spec.spec_id) for f in FEATURES}
     (ru, rp) = res.values()
     ratio = rp["clips_per_s"] / ru["clips_per_s"]
-    rows = ["| run | clips | wall s | clips/s | model s: siglip, emotion2vec, asr, bert | decode s (waited) | ratio |",
-            "|---|---|---|---|---|---|---|"]
-    for name, r in res.items():
-        ms = ", ".join(f"{r['features'][f]['model_s']:.0f}" for f in ("siglip", "emotion2vec", "asr", "bert"))
-        rows.append(f"| {name} | {r['clips']} | {r['wall_s']:.0f} | {r['clips_per_s']:.2f} | {ms} | "
-                    f"{r['decode_s']:.0f} ({r['decode_wait_s']:.0f}) | "
-                    f"{'baseline' if r is ru else f'{ratio:.2f}x'} |")
-    rev = git_revision()
-    lines = ["# The whole extraction, packed ASR against unpacked, same machine, one run", "",
-             f"Machine: {machine()['platform']}, {machine()['cpus']} CPUs, no GPU. Code revision "
+    body = [f"The first {a.clips} of meld_e2e's 6,719 clips (its list interleaves train, dev and test), all four "
+            "features, each run one `extract` call into an empty store, partitions of "
+            f"{a.chunk} clips; a warm-up call on 8 other clips first, then unpacked, then packed.", "",
+            f"Load (`uptime`): before `{before}`; after unpacked `{ru['uptime']}`; after packed `{rp['uptime']}`.", "",
+            *TABLE_HEAD, *(_row(name, r, "baseline" if r is ru else f"{ratio:.2f}x") for name, r in res.items()), "",
+            f"- Packed against unpacked, whole extraction: {ratio:.2f}x (>= 2.5x: {'yes' if ratio >= 2.5 else 'NO'}).",
+            f"- siglip arrays equal on {same['siglip']} of {len(ids)} clips, emotion2vec on {same['emotion2vec']} "
+            f"of {len(ids)}; spec ids (unpacked, packed): "
+            + "; ".join(f"{f} {a_} / {b_}" for f, (a_, b_) in specs.items()) + "."]
+    return _report(a, "The whole extraction, packed ASR against unpacked, same machine, one run", body,
+                   {"clips": a.clips, "runs": res, "same": same, "specs": specs, "ratio": ratio})
+
+
+FEATURES = ("siglip", "emotion2vec", "asr", "bert")
+TABLE_HEAD = ["| run | clips | wall s | clips/s | model s: siglip, emotion2vec, asr, bert | decode s (waited) | ratio |",
+              "|---|---|---|---|---|---|---|"]
+
+
+def _row(name: str, r: dict, ratio: str) -> str:
+    ms = ", ".join(f"{r['model_s'][f]:.0f}" if "model_s" in r else f"{r['features'][f]['model_s']:.0f}"
+                   for f in FEATURES)
+    return (f"| {name} | {r['clips']} | {r['wall_s']:.0f} | {r['clips_per_s']:.2f} | {ms} | "
+            f"{r['decode_s']:.0f} ({r['decode_wait_s']:.0f}) | {ratio} |")
+
+
+def _report(a: argparse.Namespace, title: str, body: list[str], record: dict) -> int:
+    """Print the report (title, machine and revision, ``body``); write it and its record when asked."""
+    from clmer_fusion.record import git_revision, machine
+
+    rev, m = git_revision(), machine()
+    flags = "--packed-only " if a.packed_only else ""
+    lines = [f"# {title}", "",
+             f"Machine: {m['platform']}, {m['cpus']} CPUs, no GPU. Code revision "
              f"{rev.get('commit', '?')[:12]}{' (with uncommitted changes)' if rev.get('dirty') else ''}; made by "
-             f"`benchmarks/meld_e2e_pack.py --clips {a.clips}` on the media of a finished `meld_e2e.py` run.", "",
-             f"The first {a.clips} of meld_e2e's 6,719 clips (its list interleaves train, dev and test), all four "
-             "features, each run one `extract` call into an empty store, partitions of "
-             f"{a.chunk} clips; a warm-up call on 8 other clips first, then unpacked, then packed.", "",
-             f"Load (`uptime`): before `{before}`; after unpacked `{ru['uptime']}`; after packed `{rp['uptime']}`.", "",
-             *rows, "",
-             f"- Packed against unpacked, whole extraction: {ratio:.2f}x (>= 2.5x: {'yes' if ratio >= 2.5 else 'NO'}).",
-             f"- siglip arrays equal on {same['siglip']} of {len(ids)} clips, emotion2vec on {same['emotion2vec']} "
-             f"of {len(ids)}; spec ids (unpacked, packed): "
-             + "; ".join(f"{f} {a_} / {b_}" for f, (a_, b_) in specs.items()) + "."]
+             f"`benchmarks/meld_e2e_pack.py {flags}--clips {a.clips}` on the media of a finished `meld_e2e.py` run.",
+             "", *body]
     text = "\n".join(lines) + "\n"
     print(text)
     if a.write_md:
         a.write_md.write_text(text)
-        a.write_md.with_suffix(".json").write_text(json.dumps({"clips": a.clips, "runs": res, "same": same,
-                                                               "specs": specs, "ratio": ratio}, indent=2))
+        a.write_md.with_suffix(".json").write_text(json.dumps(record, indent=2))
     return 0
 
 
@@ -115,35 +128,19 @@ def packed_only(a: argparse.Namespace, r: dict, before: str, out: Path, dataset:
     """The packed run against the rate meld_e2e recorded with per-clip ASR (another host, its
     growing protocol): what the issue's must-show names; the same-machine ratio is the other mode."""
     from clmer_features.store import open_store
-    from clmer_fusion.record import git_revision, machine
 
     b = E.BASELINE
     ratio = r["clips_per_s"] / b["clips_per_s"]
     st = open_store(out / "store_pack_True", dataset)
-    specs = {f: st.feature(f).spec.spec_id for f in ("siglip", "emotion2vec", "asr", "bert")}
-    ms = ", ".join(f"{r['features'][f]['model_s']:.0f}" for f in ("siglip", "emotion2vec", "asr", "bert"))
-    bms = ", ".join(f"{b['model_s'][f]:.0f}" for f in ("siglip", "emotion2vec", "asr", "bert"))
-    rev = git_revision()
-    lines = ["# The whole extraction with packed ASR in one call, against the recorded per-clip rate", "",
-             f"Machine: {machine()['platform']}, {machine()['cpus']} CPUs, no GPU. Code revision "
-             f"{rev.get('commit', '?')[:12]}{' (with uncommitted changes)' if rev.get('dirty') else ''}; made by "
-             f"`benchmarks/meld_e2e_pack.py --packed-only --clips {a.clips}` on the media of a finished `meld_e2e.py` run.", "",
-             f"Load (`uptime`): before `{before}`; after `{r['uptime']}`.", "",
-             "| run | clips | wall s | clips/s | model s: siglip, emotion2vec, asr, bert | decode s (waited) | ratio |",
-             "|---|---|---|---|---|---|---|",
-             f"| recorded per-clip ASR (commit {b['revision']}, another host, load {b['load']}, growing steps) | {b['clips']} | "
-             f"{b['wall_s']:.0f} | {b['clips_per_s']:.2f} | {bms} | {b['decode_s']:.0f} ({b['decode_wait_s']:.0f}) | baseline |",
-             f"| packed (default), one extract call | {r['clips']} | {r['wall_s']:.0f} | {r['clips_per_s']:.2f} | {ms} | "
-             f"{r['decode_s']:.0f} ({r['decode_wait_s']:.0f}) | {ratio:.2f}x |", "",
-             f"- {ratio:.2f}x the recorded rate (>= 2.5x: {'yes' if ratio >= 2.5 else 'NO'}); spec ids: "
-             + ", ".join(f"{f} {v}" for f, v in specs.items()) + "."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.write_md:
-        a.write_md.write_text(text)
-        a.write_md.with_suffix(".json").write_text(json.dumps({"clips": a.clips, "run": r, "specs": specs,
-                                                               "ratio": ratio, "baseline": b}, indent=2))
-    return 0
+    specs = {f: st.feature(f).spec.spec_id for f in FEATURES}
+    body = [f"Load (`uptime`): before `{before}`; after `{r['uptime']}`.", "", *TABLE_HEAD,
+            _row(f"recorded per-clip ASR (commit {b['revision']}, another host, load {b['load']}, growing steps)",
+                 b, "baseline"),
+            _row("packed (default), one extract call", r, f"{ratio:.2f}x"), "",
+            f"- {ratio:.2f}x the recorded rate (>= 2.5x: {'yes' if ratio >= 2.5 else 'NO'}); spec ids: "
+            + ", ".join(f"{f} {v}" for f, v in specs.items()) + "."]
+    return _report(a, "The whole extraction with packed ASR in one call, against the recorded per-clip rate", body,
+                   {"clips": a.clips, "run": r, "specs": specs, "ratio": ratio, "baseline": b})
 
 
 if __name__ == "__main__":
