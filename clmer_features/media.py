@@ -92,15 +92,19 @@ def interval_times(length: float, seconds: float) -> np.ndarray:
     return np.arange(n, dtype=np.float64) * seconds
 
 
+def frames_shown_at(frame_starts: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """Index of the frame shown at each of ``times``: the last one starting at or before it."""
+    idx = np.searchsorted(frame_starts, np.asarray(times, np.float64) + 1e-6, side="right") - 1
+    return np.clip(idx, 0, len(frame_starts) - 1)
+
+
 def select_frames(
     frame_starts: np.ndarray, start: float, end: float, req: FrameRequest
 ) -> np.ndarray:
     """Frame indices for ``req`` in [start, end) given each frame's start time."""
     n = len(frame_starts)
     if req.kind == "interval":
-        ts = start + interval_times(end - start, req.seconds)
-        idx = np.searchsorted(frame_starts, ts + 1e-6, side="right") - 1
-        return np.clip(idx, 0, n - 1)
+        return frames_shown_at(frame_starts, start + interval_times(end - start, req.seconds))
     i0 = int(np.searchsorted(frame_starts, start - 1e-6, side="left"))
     i1 = int(np.searchsorted(frame_starts, end - 1e-6, side="left"))
     i0 = min(i0, n - 1)
@@ -112,15 +116,29 @@ def select_frames(
 
 
 # --- decoding one clip -----------------------------------------------------------
-def _decode_video(job: DecodeJob, pr: Probe, res: DecodeResult) -> float | None:
+def _open_video(path: str) -> tuple[Any, np.ndarray, float]:
+    """(decord reader, each frame's start time, the video's end time) of ``path``."""
     from decord import VideoReader, cpu
 
-    vr = VideoReader(job.path, ctx=cpu(0), num_threads=1)
+    vr = VideoReader(path, ctx=cpu(0), num_threads=1)
     n = len(vr)
     if n == 0:
         raise DecodeError("video stream has no frames")
     stamps = np.asarray(vr.get_frame_timestamp(np.arange(n)))[:, 0].astype(np.float64)
-    media_len = float(vr.get_frame_timestamp(n - 1)[1])
+    return vr, stamps, float(vr.get_frame_timestamp(n - 1)[1])
+
+
+def _read_frames(vr: Any, path: str, stamps: np.ndarray, idx: np.ndarray, pr: Probe) -> np.ndarray:
+    """Frames ``idx`` [F, H, W, 3], upright as players show them."""
+    if pr.rotation:
+        # decord 0.6 mis-sizes rotated frames (wrong shape, 4 channels, or an error): let ffmpeg
+        # decode them, upright as players show them
+        return ffmpeg_frames(path, stamps[idx], pr)
+    return vr.get_batch(idx.tolist()).asnumpy()
+
+
+def _decode_video(job: DecodeJob, pr: Probe, res: DecodeResult) -> float | None:
+    vr, stamps, media_len = _open_video(job.path or "")
     check_shortfall("video", media_len, pr.video_duration or pr.duration)
     start = float(job.start or 0.0)
     if start >= media_len:
@@ -130,12 +148,7 @@ def _decode_video(job: DecodeJob, pr: Probe, res: DecodeResult) -> float | None:
         raise DecodeError(f"end {end:g}s is not after start {start:g}s")
     picks = {req: select_frames(stamps, start, end, req) for req in job.frame_requests}
     union = np.unique(np.concatenate(list(picks.values())))
-    if pr.rotation:
-        # decord 0.6 mis-sizes rotated frames (wrong shape, 4 channels, or an error): let ffmpeg
-        # decode them, upright as players show them
-        batch = ffmpeg_frames(job.path or "", stamps[union], pr)
-    else:
-        batch = vr.get_batch(union.tolist()).asnumpy()
+    batch = _read_frames(vr, job.path or "", stamps, union, pr)
     where = {int(i): k for k, i in enumerate(union)}
     for req, idx in picks.items():
         frames = batch[[where[int(i)] for i in idx]]
@@ -443,23 +456,16 @@ def frames_at(path: str, times: np.ndarray, batch: int = 32) -> Iterator[tuple[n
     """The frames shown at ``times`` (seconds from the file's start: the last frame starting at or
     before each time), ``batch`` at a time: (positions in ``times``, frames [n, H, W, 3] uint8),
     upright as players show them. DecodeError if the video cannot be read or a time is past its end."""
-    from decord import VideoReader, cpu
-
     pr = probe(path)
     if not pr.has_video:
         raise DecodeError("no video stream")
-    vr = VideoReader(path, ctx=cpu(0), num_threads=1)
-    n = len(vr)
-    if n == 0:
-        raise DecodeError("video stream has no frames")
-    stamps = np.asarray(vr.get_frame_timestamp(np.arange(n)))[:, 0].astype(np.float64)
-    end = float(vr.get_frame_timestamp(n - 1)[1])
+    vr, stamps, end = _open_video(path)
     times = np.asarray(times, np.float64)
     late = np.flatnonzero(times >= end + 1e-3)
     if len(late):
         raise DecodeError(f"time {times[late[0]]:.3f}s is past the end of the video ({end:.3f}s)")
-    idx = np.clip(np.searchsorted(stamps, times + 1e-6, side="right") - 1, 0, n - 1)
+    idx = frames_shown_at(stamps, times)
     for s in range(0, len(idx), batch):
         pick = idx[s:s + batch]
-        frames = ffmpeg_frames(path, stamps[pick], pr) if pr.rotation else vr.get_batch(pick.tolist()).asnumpy()
+        frames = _read_frames(vr, path, stamps, pick, pr)
         yield np.arange(s, s + len(pick)), np.ascontiguousarray(frames, dtype=np.uint8)
