@@ -291,6 +291,24 @@ def diagnose(m: Any, said: Any, store_dir: Path, overrides: dict[str, Path], hea
 
 
 # --------------------------------------------------------------------------- packed against unpacked
+def same_arrays(main_store: Any, other: Any, ids: list[str], features: list[str]) -> dict[str, Any]:
+    """Per feature, ``other``'s arrays against ``main_store``'s on the clips of ``ids`` both hold:
+    spec ids, clips compared, clips with equal arrays, the largest difference."""
+    import numpy as np
+
+    same: dict[str, Any] = {}
+    for f in features:
+        a, b = main_store.feature(f), other.feature(f)
+        held = set(a.clip_ids) & set(b.clip_ids)
+        common = [c for c in ids if c in held]
+        equal = sum(bool(np.array_equal(a.get(c), b.get(c))) for c in common)
+        diff = max((float(np.abs(a.get(c).astype(np.float32) - b.get(c).astype(np.float32)).max())
+                    for c in common), default=0.0)
+        same[f] = {"spec_main": a.spec.spec_id, "spec_unpacked": b.spec.spec_id, "clips": len(common),
+                   "equal_arrays": equal, "max_abs_diff": diff}
+    return same
+
+
 def unpacked_check(m: Any, said: Any, store_dir: Path, overrides: dict[str, Path], n: int, audio: str,
                    out: Path, chunk: int) -> dict[str, Any]:
     """The first ``n`` clips extracted again with ``asr.pack=false`` into OUT/store_unpacked: the
@@ -298,7 +316,6 @@ def unpacked_check(m: Any, said: Any, store_dir: Path, overrides: dict[str, Path
     touch them), the asr and bert spec ids, WER of both transcripts on those clips, and the time.
     Partitions of ``chunk`` clips as in the main run, so every model sees the same batches (a
     batch of other clips may move an fp16 value by a rounding step)."""
-    import numpy as np
     import polars as pl
 
     from clmer_features.engine import extract
@@ -317,15 +334,7 @@ def unpacked_check(m: Any, said: Any, store_dir: Path, overrides: dict[str, Path
     wall = time.perf_counter() - t0
     main_store, unp = open_store(store_dir, man.dataset), open_store(store_u, man.dataset)
     ids = man.df.head(n)["clip_id"].to_list()
-    same: dict[str, Any] = {}
-    for f in ("siglip", audio):
-        a, b = main_store.feature(f), unp.feature(f)
-        common = [c for c in ids if c in set(a.clip_ids) and c in set(b.clip_ids)]
-        equal = sum(bool(np.array_equal(a.get(c), b.get(c))) for c in common)
-        diff = max((float(np.abs(a.get(c).astype(np.float32) - b.get(c).astype(np.float32)).max())
-                    for c in common), default=0.0)
-        same[f] = {"spec_main": a.spec.spec_id, "spec_unpacked": b.spec.spec_id, "clips": len(common),
-                   "equal_arrays": equal, "max_abs_diff": diff}
+    same = same_arrays(main_store, unp, ids, ["siglip", audio])
     rec = unp.feature("asr").records().select("clip_id", pl.col("text").alias("unpacked"))
     df = said.filter(pl.col("clip_id").is_in(ids)).join(rec, on="clip_id", how="left")
     wer = {}

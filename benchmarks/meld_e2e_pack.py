@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return packed_only(a, res["packed (default)"], before, out, man.dataset)
     u, p = (open_store(out / f"store_pack_{k}", man.dataset) for k in (False, True))
     ids = pl.read_csv(sub, infer_schema=False)["clip_id"].to_list()
-    same = {f: sum(bool(np.array_equal(u.feature(f).get(c), p.feature(f).get(c))) for c in ids)
-            for f in ("siglip", "emotion2vec")}
+    same = {f: v["equal_arrays"] for f, v in E.same_arrays(u, p, ids, ["siglip", "emotion2vec"]).items()}
     specs = {f: (u.feature(f).spec.spec_id, p.feature(f).spec.spec_id) for f in FEATURES}
     (ru, rp) = res.values()
     ratio = rp["clips_per_s"] / ru["clips_per_s"]

@@ -287,8 +287,12 @@ def test_twelve_meld_clips_end_to_end_twice(tmp_path):
     from clmer_features.runtime import clear_model_cache
 
     clear_model_cache()  # models earlier tests of this process loaded (egemaps, asr) count as loaded here
-    kw = dict(train=3000, limit=12, seeds=[0], heads=["linear"], chunk=8, progress=False)
+    kw = dict(train=3000, limit=12, seeds=[0], heads=["linear"], chunk=8, progress=False, check_unpacked=4)
     first = meld_e2e.run(tmp_path, **kw)
+    # --check-unpacked: packing the asr leaves the other features' specs and arrays as they are
+    assert all(v["spec_main"] == v["spec_unpacked"] and v["equal_arrays"] == v["clips"] == 4
+               for v in first["unpacked"]["same"].values())
+    assert first["unpacked"]["spec_ids"]["packed"]["asr"] != first["unpacked"]["spec_ids"]["unpacked"]["asr"]
     assert first["clips"] == 12 and sum(first["split_counts"].values()) == 12
     assert set(first["split_counts"]) == {"train", "valid", "test"}
     feats = first["extract"]["features"]
