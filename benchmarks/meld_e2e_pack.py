@@ -27,13 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import meld_e2e as E  # noqa: E402
 
 
-def run_one(manifest: Path, store: Path, overrides: dict, pack: bool, dataset: str, chunk: int) -> dict:
+def run_one(manifest: Path, store: Path, overrides: dict, pack: bool, dataset: str, chunk: int,
+            progress: bool = False) -> dict:
     from clmer_features.engine import extract
 
     shutil.rmtree(store, ignore_errors=True)
     t0 = time.perf_counter()
     s = extract(manifest, E.all_features("emotion2vec"), store, dataset=dataset, model_overrides=overrides,
-                device="cpu", params={"asr": {**E.ASR_PARAMS, "pack": pack}}, partition_size=chunk, progress=False)
+                device="cpu", params={"asr": {**E.ASR_PARAMS, "pack": pack}}, partition_size=chunk, progress=progress)
     wall = time.perf_counter() - t0
     d = E.summary_dict(s)
     d["wall_total_s"] = round(wall, 1)
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--packed-only", action="store_true",
                     help="run packed only and set it against meld_e2e's recorded per-clip rate (another host)")
     ap.add_argument("--write-md", type=Path)
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
     from clmer_features.manifest import read_manifest
     from clmer_features.store import open_store
@@ -68,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     res = {}
     modes = [("packed (default)", True)] if a.packed_only else [("unpacked (asr.pack=false)", False), ("packed (default)", True)]
     for name, pack in modes:
-        res[name] = run_one(sub, out / f"store_pack_{pack}", overrides, pack, man.dataset, a.chunk)
+        res[name] = run_one(sub, out / f"store_pack_{pack}", overrides, pack, man.dataset, a.chunk,
+                            progress=not a.quiet)
         print(name, json.dumps({k: res[name][k] for k in ("wall_s", "clips_per_s")}), file=sys.stderr)
     if a.packed_only:
         return packed_only(a, res["packed (default)"], before, out, man.dataset)
