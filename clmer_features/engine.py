@@ -126,26 +126,28 @@ def phases(features: Iterable[str], extractors: Mapping[str, Extractor] | None =
 def keep_former_defaults(ext: Extractor, config: ExtractorConfig, inputs: RunInputs, store: Any,
                          ) -> tuple[Extractor, str | None]:
     """``ext``, or the extractor of ``config`` with its changed defaults set back
-    (:meth:`ExtractorConfig.with_former_defaults`) when the store holds that spec (finalized or
+    (:meth:`ExtractorConfig.former_configs`, the first whose spec the store holds) when it holds that spec (finalized or
     partly extracted) and not ``ext``'s: a cache made before a default changed is not recomputed.
     The second value is the one line that says so (None when ``ext`` is kept)."""
-    former = config.with_former_defaults()
-    if former is None:
+    formers = config.former_configs()
+    if not formers:
         return ext, None
     stored = {s.spec_id for s in store.specs(ext.name)}
     if not stored or ext.spec().spec_id in stored:
         return ext, None
-    old = cached_extractor(ext.name, ext.model_dir, ext.device, former)
-    old.bind(inputs)
-    old_spec = old.spec()
-    if old_spec.spec_id not in stored:
-        return ext, None
-    now, then = config.as_dict(), former.as_dict()
-    changed = [k for k in now if now[k] != then[k]]
-    kept = ", ".join(f"{k}={_value(then[k])}" for k in changed)
-    new = " ".join(f"--param {ext.name}.{k}={_value(now[k])}" for k in changed)
-    return old, (f"{ext.name}: kept the spec {old_spec.spec_id} this cache holds ({kept}, the former default); "
-                 f"for the new default pass {new} (a new spec, computed from scratch)")
+    for former in formers:  # fewest defaults set back first
+        old = cached_extractor(ext.name, ext.model_dir, ext.device, former)
+        old.bind(inputs)
+        old_spec = old.spec()
+        if old_spec.spec_id not in stored:
+            continue
+        now, then = config.as_dict(), former.as_dict()
+        changed = [k for k in now if now[k] != then[k]]
+        kept = ", ".join(f"{k}={_value(then[k])}" for k in changed)
+        new = " ".join(f"--param {ext.name}.{k}={_value(now[k])}" for k in changed)
+        return old, (f"{ext.name}: kept the spec {old_spec.spec_id} this cache holds ({kept}, the former default); "
+                     f"for the new default pass {new} (a new spec, computed from scratch)")
+    return ext, None
 
 
 def _value(v: Any) -> str:

