@@ -17,7 +17,7 @@ clips handed over ``--call-size`` at a time, in four configurations:
 - ``packed``: ``pack=True``, ``batch_size=1``: clips laid into 30 s windows, split back by word times;
 - ``packed+batched``: ``pack=True``, ``batch_size=8`` (the default: with ``repack``, a clip past
   where the decoder stopped in its window is packed again);
-- ``packed+batched, repack off``: as before ``repack``: such a clip is transcribed alone.
+- ``packed+batched no-repack``: as before ``repack``: such a clip is transcribed alone.
 
 Accuracy: corpus WER against the MELD text, and for the heads of meld_e2e's table (linear, mlp,
 attention; seeds 0-2) the test weighted-F1 of BERT (MiniLM-L6) on the ASR words against the same
@@ -52,7 +52,7 @@ CONFIGS = {  # name -> asr parameters (beyond ASR_PARAMS)
     "batched": {"pack": False, "batch_size": 8},
     "packed": {"pack": True, "batch_size": 1},
     "packed+batched": {"pack": True, "batch_size": 8},
-    "packed+batched, repack off": {"pack": True, "repack": False, "batch_size": 8},
+    "packed+batched no-repack": {"pack": True, "repack": False, "batch_size": 8},
 }
 ASR_PARAMS = {"beam_size": 1, "precision": "int8"}  # meld_e2e's
 HEADS = ["linear", "mlp", "attention"]
