@@ -140,6 +140,7 @@ def main() -> None:
     nbytes = flat.nbytes
     work = Path(tempfile.mkdtemp(prefix="clmer-io-", dir=args.workdir))
     rows: list[tuple[str, str, float, float, str]] = []
+    merged_parts: list[int] = []
     try:
         # ---------------------------------------------------------------- writes
         store = open_store(work / "cache", "bench", create=True)
@@ -233,7 +234,9 @@ def main() -> None:
                     d.read_direct(out, np.s_[lo : lo + step], np.s_[lo : lo + step])
                 return out
 
-        shard_files = sorted(p for p in store.root.rglob("*") if p.is_file() and p.parent.name == "0" and p.parent.parent.parent.name == "values")
+        done = open_store(work / "cache", "bench").feature("bench")  # its parts (finalize merged the small ones)
+        shard_files = [done.dir / "parts" / name / "values" / "c" / "0" / "0" for name in done.complete["part_names"]]
+        merged_parts.append(len(shard_files))
 
         def read_shard_files():  # the floor for the store: its value files read front to back, 8 MiB at a time
             for path in shard_files:
@@ -308,7 +311,8 @@ def main() -> None:
     up_after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     header = (
         f"# Store I/O benchmark\n\n{args.clips} clips, {total_rows} rows x {D} float16 ({nbytes / 1e6:.0f} MB); "
-        f"parts of {PART_CLIPS} clips. Machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()} "
+        f"written in parts of {PART_CLIPS} clips (an extraction partition each), which finalize merged into "
+        f"{merged_parts[0] if merged_parts else '?'} parts. Machine: {platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()} "
         f"(shared with other work). Every store read checks the checksums of the rows it read. "
         f"Reads: best of 3 (random clips: best of {RANDOM_REPEAT}, the methods alternating). Cold reads: best of {COLD_REPEAT}, the methods alternating, each method read twice in a row (first, again), each read after os.sync and posix_fadvise(DONTNEED) "
         f"of every file (bytes still in the page cache right before a cold read, most seen: "

@@ -1,4 +1,4 @@
-"""`clmer-features status | verify | gc`: inspect and maintain a store."""
+"""`clmer-features status | verify | gc | compact`: inspect and maintain a store."""
 from __future__ import annotations
 
 import sys
@@ -8,7 +8,8 @@ import polars as pl
 
 from clmer_features.manifest import read_manifest
 from clmer_features.store import DEFAULT_CACHE, open_store
-from clmer_features.store.objpath import cache_root
+from clmer_features.store import layout as L
+from clmer_features.store.objpath import cache_root, is_object
 from clmer_features.spec import FeatureSpec
 from clmer_features.store.maintenance import gc as gc_store
 from clmer_features.store.maintenance import superseded_specs
@@ -201,6 +202,33 @@ def gc_cmd(cache_dir: str, dataset: str | None, older_than: float, superseded: b
             click.echo(f"{name}: nothing deleted yet: run again with --yes to delete the spec(s) listed")
 
 
+@click.command("compact")
+@cache_option
+@click.option("--dataset", help="Only this dataset (default: every store under --cache).")
+def compact_cmd(cache_dir: str, dataset: str | None) -> None:
+    """Merge the small parts of every finalized feature into larger ones, as finalize does.
+
+    Extract finalizes, and so compacts, every feature it adds parts to; this is
+    for a cache finalized before finalize merged parts. Values are read
+    checked and rewritten; nothing is recomputed. The merged-away parts are
+    moved aside for readers already open and removed by `gc` (or the next
+    finalize, ten minutes on). Local caches only.
+    """
+    from clmer_features.store.writer import finalize_feature
+
+    for name in _datasets(cache_dir, dataset):
+        store = open_store(cache_dir, name)
+        if is_object(store.root):
+            raise click.ClickException(f"{store.root}: compact works on a local cache only")
+        for s in store.specs():
+            if not s.complete:
+                click.echo(f"{name}: {s.feature}/{s.spec_id}: not finalized, left alone (rerun extract)")
+                continue
+            before = len(L.read_json(s.path / L.COMPLETE_FILE).get("part_names") or [])
+            after = finalize_feature(store.root, s.feature, s.spec_id).parts
+            click.echo(f"{name}: {s.feature}/{s.spec_id}: {before} part(s) -> {after}")
+
+
 def register(group: click.Group) -> None:
-    for cmd in (status_cmd, verify_cmd, gc_cmd):
+    for cmd in (status_cmd, verify_cmd, gc_cmd, compact_cmd):
         group.add_command(cmd)

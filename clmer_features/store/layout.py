@@ -15,7 +15,10 @@
                                       times [rows] and pooled [n, D'] (crc32c codec), index.parquet (clip_key,
                                       clip_id, row range, xxh3_64 of the clip's rows), PART.json (size and xxh3-64 of
                                       every file; CRC-32 in format 1) written last, then the folder is renamed
+    parts/m-<token>/                  a part finalize merged from a run of small ones (writer.compact): same
+                                      layout, checksums computed anew from the values read checked
     parts/.tmp-<part>-<token>/        a part being written (or abandoned by a crash)
+    parts/.tmp-retired-<part>-<ns>/   a part merged away, kept a while for readers opened before the merge
     parts/<part>~<token>/             on an object store (no rename): a part written under its final prefix,
                                       committed once its PART.json (written last) is there
     index.parquet                     clip_key -> part, rows (rebuilt by finalize from the parts' own index.parquet)

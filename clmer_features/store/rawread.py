@@ -207,3 +207,32 @@ class RawRows:
             done += (stop - row) * row_bytes
             row = stop
         return out
+
+
+def read_checked_chunk(part: Path, name: str, meta: dict) -> np.ndarray | None:
+    """An array stored as one chunk with the codecs ``bytes`` (little endian) and ``crc32c``
+    (what the store writes for times and pooled), read and checked (CorruptShard when it does
+    not match); None for another layout, or a chunk never written (zarr reads its fill value)."""
+    shape, codecs = meta.get("shape") or [], meta.get("codecs") or []
+    if (
+        [c.get("name") for c in codecs] != ["bytes", "crc32c"]
+        or codecs[0].get("configuration", {}).get("endian", "little") != "little"
+        or meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape") != shape
+        or meta.get("chunk_key_encoding", {}).get("name", "default") != "default"
+        or meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/") != "/"
+    ):
+        return None
+    import google_crc32c
+
+    dtype = np.dtype(meta["data_type"]).newbyteorder("<")
+    path = part / name / "/".join(["c"] + ["0"] * len(shape))
+    try:
+        raw = bytearray(path.read_bytes())  # writable arrays, as zarr returns
+    except FileNotFoundError:
+        return None
+    want = int(np.prod(shape)) * dtype.itemsize + 4
+    if len(raw) != want:
+        raise CorruptShard(path, f"{len(raw)} bytes where {want} were written; crc32c check failed")
+    if google_crc32c.value(bytes(raw[:-4])) != int.from_bytes(raw[-4:], "little"):
+        raise CorruptShard(path, "the chunk's crc32c check failed")
+    return np.frombuffer(raw, dtype=dtype, count=want // dtype.itemsize - 1).reshape(shape)

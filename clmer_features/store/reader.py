@@ -39,7 +39,7 @@ from clmer_features.errors import StoreError
 from clmer_features.spec import FeatureSpec
 from clmer_features.store import layout as L
 from clmer_features.store.objpath import StorePath, is_object
-from clmer_features.store.rawread import CorruptShard, RawRows
+from clmer_features.store.rawread import CorruptShard, RawRows, read_checked_chunk
 
 Pooling = Literal["mean", "max", "model"]
 _OPEN_FILES = 128  # shard descriptors a reader keeps open (least recently used are closed)
@@ -181,6 +181,15 @@ class FeatureReader:
 
     def _gone(self, part: str) -> StoreError:
         path = self.dir / L.PARTS_DIR / part
+        try:
+            now = L.read_json(self.dir / L.COMPLETE_FILE).get("finalized_ns")
+        except (OSError, ValueError):
+            now = None
+        if now is not None and now != self.complete.get("finalized_ns"):
+            return StoreError(
+                f"{self.spec.feature}/{self.spec.spec_id}: part {part} was merged into a larger one by a finalize "
+                "after this reader opened the feature; open the store again to read it"
+            )
         return StoreError(
             f"{self.spec.feature}/{self.spec.spec_id}: part {part} (named by the index) is missing from disk "
             f"({path}); run `clmer-features verify --repair`, then rerun extract to recompute its clips"
@@ -210,10 +219,19 @@ class FeatureReader:
             new.raw.close()
         return p
 
+    def _part_dir(self, name: str) -> StorePath:
+        """A part's folder; one merged away by a finalize after this reader opened the index is
+        found where finalize moved it (``writer.retired_name``), for a while."""
+        pdir = self.dir / L.PARTS_DIR / name
+        if is_object(pdir) or pdir.is_dir():
+            return pdir
+        moved = sorted((self.dir / L.PARTS_DIR).glob(f"{L.TMP_PREFIX}retired-{name}-*"))
+        return moved[-1] if moved else pdir
+
     def _open_part(self, name: str) -> _Part:
         """A part the index names: its values shard opened (one ``open``, one read of the
         shard index); one clear error when it is gone from disk."""
-        pdir = self.dir / L.PARTS_DIR / name
+        pdir = self._part_dir(name)
         try:
             opener = RawRows
             if is_object(pdir):
@@ -298,31 +316,11 @@ class FeatureReader:
             raise self._corrupt(p.dir / name / "c" / "0", p.name, "zarr's crc32c check failed") from None
 
     def _read_checked_chunk(self, p: _Part, name: str, meta: dict) -> np.ndarray | None:
-        """An array stored as one chunk with the codecs ``bytes`` (little endian) and ``crc32c``
-        (what the store writes for times and pooled), read and checked; None for another layout."""
-        shape, codecs = meta.get("shape") or [], meta.get("codecs") or []
-        if (
-            [c.get("name") for c in codecs] != ["bytes", "crc32c"]
-            or codecs[0].get("configuration", {}).get("endian", "little") != "little"
-            or meta.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape") != shape
-            or meta.get("chunk_key_encoding", {}).get("name", "default") != "default"
-            or meta.get("chunk_key_encoding", {}).get("configuration", {}).get("separator", "/") != "/"
-        ):
-            return None
-        import google_crc32c
-
-        dtype = np.dtype(meta["data_type"]).newbyteorder("<")
-        path = p.dir / name / "/".join(["c"] + ["0"] * len(shape))
+        """Times or pooled in the one-chunk layout the store writes, checked; None for another layout."""
         try:
-            raw = bytearray(path.read_bytes())  # writable arrays, as zarr returns
-        except FileNotFoundError:
-            return None  # never written: zarr reads its fill value
-        want = int(np.prod(shape)) * dtype.itemsize + 4
-        if len(raw) != want:
-            raise self._corrupt(path, p.name, f"{len(raw)} bytes where {want} were written; crc32c check failed")
-        if google_crc32c.value(bytes(raw[:-4])) != int.from_bytes(raw[-4:], "little"):
-            raise self._corrupt(path, p.name, "the chunk's crc32c check failed")
-        return np.frombuffer(raw, dtype=dtype, count=want // dtype.itemsize - 1).reshape(shape)
+            return read_checked_chunk(p.dir, name, meta)
+        except CorruptShard as exc:
+            raise self._corrupt(exc.path, p.name, exc.what) from None
 
     @staticmethod
     def _has_crc32c(arr) -> bool:

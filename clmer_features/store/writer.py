@@ -39,6 +39,13 @@ from clmer_features.store import layout as L
 from clmer_features.store.objpath import PreconditionFailed, StorePath, is_object
 
 CHUNK_ROWS = 512  # inner chunk of a part's value array; the whole part is one shard
+# Finalize merges runs of small parts (values under COMPACT_BELOW bytes each) into parts of about
+# COMPACT_TARGET, where a run adds up to COMPACT_BELOW at least: a scan reads a few large files at
+# the disk's sequential rate, where many small ones (one per extraction partition) read at about
+# half of it (benchmarks/results/store_io.md); a small cache's few small parts are left as they are.
+COMPACT_BELOW = 64 << 20
+COMPACT_TARGET = 256 << 20
+RETIRED_KEEP_S = 600.0  # merged-away parts stay readable this long for readers opened before the merge
 _PART_INDEX_SCHEMA = {
     "clip_key": pl.Utf8,
     "clip_id": pl.Utf8,
@@ -582,17 +589,150 @@ def finalize_feature(store_root: StorePath, feature: str, spec_id: str) -> Final
                      "the race for COMPLETE.json to other clients; rerun extract to finalize")
 
 
+def _values_bytes(meta: dict[str, Any]) -> int:
+    entry = meta.get("files", {}).get("values/c/0/0")
+    return int(entry["size"]) if entry else 0
+
+
+def _compactable(part: StorePath, meta: dict[str, Any]) -> bool:
+    """A local part of this store format whose values are small enough to merge."""
+    return not is_object(part) and L.format_of(meta) == L.STORE_FORMAT and _values_bytes(meta) < COMPACT_BELOW
+
+
+def compact_groups(parts: list, metas: dict[str, dict[str, Any]]) -> list[list]:
+    """Runs of adjacent small parts (in index order) of at most about ``COMPACT_TARGET`` bytes of
+    values, two parts or more and ``COMPACT_BELOW`` bytes or more each: what finalize merges
+    (so a merged part is never small, and is never merged again)."""
+    groups: list[list] = []
+    cur: list = []
+    size = 0
+    for p in parts:
+        meta = metas[p.name]
+        if not _compactable(p, meta):
+            groups.append(cur)
+            cur, size = [], 0
+            continue
+        n = _values_bytes(meta)
+        if cur and size + n > COMPACT_TARGET:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(p)
+        size += n
+    groups.append(cur)
+    return [g for g in groups if len(g) > 1 and sum(_values_bytes(metas[p.name]) for p in g) >= COMPACT_BELOW]
+
+
+def _read_part_checked(part: Path, meta: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """A part's values, times and pooled, each checked (values against the part's xxh3-64 of all
+    its rows, the small arrays by their crc32c); raises CorruptShard or StoreError."""
+    from clmer_features.store.rawread import CorruptShard, RawRows, read_checked_chunk
+
+    values = None
+    if (part / "values" / L.ZARR_JSON).exists():
+        raw = RawRows.open(part / "values")
+        if raw is None:
+            raise StoreError(f"{part}/values: not in the layout the store writes")
+        try:
+            values = raw.read(0, raw.shape[0])
+        finally:
+            raw.close()
+        whole = raw.attrs.get(L.DIGEST)
+        if whole is None or L.xxhash.xxh3_64_intdigest(values) != int(whole, 16):
+            raise CorruptShard(raw.path, "the part's rows do not match their checksum")
+    small = []
+    for name in ("times", "pooled"):
+        path = part / name / L.ZARR_JSON
+        small.append(read_checked_chunk(part, name, L.read_json(path)) if path.exists() else None)
+    return values, small[0], small[1]
+
+
+def _merge_parts(fw: "FeatureWriter", group: list, metas: dict[str, dict[str, Any]]) -> StorePath:
+    """One part holding every clip of ``group`` (the first part's copy of a clip twice on disk),
+    their records and failures, written and committed like any part; the group is untouched.
+    Its name comes from its clips (``m-<hash>``), so the same parts merge to the same part."""
+    b = _Buffers()
+    dtype = np.dtype(fw.spec.params.get("dtype", "float16"))
+    seen: set[str] = set()
+    fail_rows: list[dict[str, Any]] = []
+    for p in group:
+        meta = metas[p.name]
+        values, times, pooled = _read_part_checked(p, meta)
+        idx = L.read_parquet(p / L.INDEX_FILE) if _has_file(p, meta, L.INDEX_FILE) else pl.DataFrame(schema=_PART_INDEX_SCHEMA)
+        recs = ({r["clip_key"]: r for r in L.read_parquet(p / L.RECORDS_FILE).to_dicts()}
+                if _has_file(p, meta, L.RECORDS_FILE) else {})
+        for key, cid, lo, hi, item in idx.select("clip_key", "clip_id", "row_start", "row_end", "item").iter_rows():
+            if key in seen:
+                continue
+            seen.add(key)
+            b.keys.append(key)
+            b.ids.append(cid)
+            b.values.append(values[lo:hi] if values is not None else np.zeros((0, 0), dtype))
+            b.times.append(times[lo:hi] if times is not None else None)
+            b.pooled.append(pooled[item] if pooled is not None else None)
+            if key in recs:
+                b.records.append(recs[key])
+        if _has_file(p, meta, L.FAILURES_FILE):
+            fail_rows.extend(L.read_parquet(p / L.FAILURES_FILE).to_dicts())
+    b.failures = [f for f in fail_rows if f["clip_key"] not in seen]  # every attempt kept: finalize counts them
+    everything = seen | {f["clip_key"] for f in b.failures}
+    pw = PartWriter(fw, part_name(sorted(everything), prefix="m"))
+    pw._b, pw._seen = b, everything
+    return pw.commit()
+
+
+def retired_name(part: str) -> str:
+    """Where finalize moves a merged-away part: a temporary name (never a committed part, swept by
+    ``gc``); readers opened before the merge find it there."""
+    return f"{L.TMP_PREFIX}retired-{part}-{time.time_ns():x}"
+
+
+def _sweep_retired(fdir: Path, older_than_s: float = RETIRED_KEEP_S) -> None:
+    now = time.time()
+    for old in (fdir / L.PARTS_DIR).glob(f"{L.TMP_PREFIX}retired-*"):
+        if now - old.stat().st_mtime >= older_than_s:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def compact(store_root: StorePath, fdir: Path, parts: list, metas: dict[str, dict[str, Any]]) -> list:
+    """Merge the runs of small parts (:func:`compact_groups`) into one part each, then move the
+    merged-away parts aside (:func:`retired_name`); returns the committed parts now. A group
+    with a damaged part is left as it is (``verify`` names it). A crash leaves a merged part and
+    some of its sources both committed: finalize indexes each clip once, the next one merges
+    them again. Local stores only."""
+    if is_object(fdir):
+        return parts
+    _sweep_retired(fdir)
+    groups = compact_groups(parts, metas)
+    if not groups:
+        return parts
+    from clmer_features.store.rawread import CorruptShard
+
+    attrs = L.node_attrs(fdir)
+    fw = FeatureWriter(store_root, FeatureSpec.from_dict(attrs["spec"]), attrs.get("input", "media"))
+    for group in groups:
+        try:
+            merged = _merge_parts(fw, group, metas)
+        except (CorruptShard, StoreError, OSError, ValueError):
+            continue
+        for p in group:
+            if p.name == merged.name:  # (after a crash: a merged part, then its sources again)
+                continue
+            gone = p.parent / retired_name(p.name)
+            os.rename(p, gone)
+            os.utime(gone)  # its age for the sweep counts from now
+    return L.committed_parts(fdir)
+
+
 def _finalize(store_root: StorePath, feature: str, spec_id: str) -> FinalizeSummary:
     fdir = L.feature_dir(store_root, feature, spec_id)
     complete_tag: str | None = None
     if is_object(fdir):
         _, complete_tag = (fdir / L.COMPLETE_FILE).read_with_etag()
     parts = L.committed_parts(fdir)
-    metas: dict[str, Any] = {}
-    for p in parts:
-        if not is_object(p) and not (p / L.PART_FILE).exists():  # (an object-store part is committed by it)
-            raise StoreError(f"{p}: part has no {L.PART_FILE}; it was not written by clmer (run `clmer-features verify`)")
-        metas[p.name] = L.read_json(p / L.PART_FILE)
+    metas = _part_metas(parts)
+    if not is_object(fdir):
+        parts = compact(store_root, fdir, parts, metas)
+        metas = _part_metas(parts)
 
     empty = pl.DataFrame(schema={**_PART_INDEX_SCHEMA, "part": pl.Utf8}).select(_INDEX_COLUMNS)
     index = pl.concat([empty, *(_part_index(p, metas[p.name]) for p in parts)], how="vertical")
@@ -640,6 +780,15 @@ def _finalize(store_root: StorePath, feature: str, spec_id: str) -> FinalizeSumm
     else:
         L.atomic_write_json(fdir / L.COMPLETE_FILE, complete)
     return FinalizeSummary(feature, spec_id, index.height, fails.height, len(parts), duplicates, fdir)
+
+
+def _part_metas(parts: list) -> dict[str, Any]:
+    metas: dict[str, Any] = {}
+    for p in parts:
+        if not is_object(p) and not (p / L.PART_FILE).exists():  # (an object-store part is committed by it)
+            raise StoreError(f"{p}: part has no {L.PART_FILE}; it was not written by clmer (run `clmer-features verify`)")
+        metas[p.name] = L.read_json(p / L.PART_FILE)
+    return metas
 
 
 def _merge_ledger(store_root: StorePath, feature: str, spec_id: str, fails: pl.DataFrame) -> None:
