@@ -206,15 +206,21 @@ def row_checksums(values: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _nonfinite_rows(values: np.ndarray) -> np.ndarray | None:
-    """Rows holding NaN or inf, or None when there are none (float16 by its exponent bits:
-    one masked max over the part, 5 GB/s here, against 0.6 GB/s for np.isfinite)."""
-    if values.dtype == np.float16:
-        exponent = values.view(np.uint16) & 0x7C00
-        if exponent.size == 0 or exponent.max() != 0x7C00:
-            return None
-        return (exponent == 0x7C00).any(axis=1)
-    bad = ~np.isfinite(values).all(axis=1)
-    return bad if bad.any() else None
+    """Rows holding NaN or inf, or None when there are none (float16 by its exponent bits: a
+    masked max, 5 GB/s here against 0.6 GB/s for np.isfinite, in blocks of about 4 MB so that
+    the temporary stays in cache: over a 230 MB part at once it ran at 0.4 GB/s)."""
+    step = max(1, (4 << 20) // max(1, values.shape[1] * values.itemsize)) if values.ndim == 2 else len(values)
+    for lo in range(0, len(values), step):
+        block = values[lo:lo + step]
+        if values.dtype == np.float16:
+            exponent = block.view(np.uint16) & 0x7C00
+            if exponent.size == 0 or exponent.max() != 0x7C00:
+                continue
+        elif np.isfinite(block).all():
+            continue
+        bad = (values.view(np.uint16) & 0x7C00 == 0x7C00) if values.dtype == np.float16 else ~np.isfinite(values)
+        return bad.any(axis=1)
+    return None
 
 
 class PartWriter:
