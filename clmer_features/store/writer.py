@@ -234,6 +234,7 @@ class PartWriter:
         self.dtype = np.dtype(fw.spec.params.get("dtype", "float16"))
         self._b = _Buffers()
         self._seen: set[str] = set()
+        self._rows: np.ndarray | None = None  # all rows in one array already, in clip order (a merge)
 
     def _check_new(self, clip_key: str) -> None:
         if clip_key in self._seen:
@@ -349,10 +350,12 @@ class PartWriter:
         _write_node(tmp, {"zarr_format": 3, "node_type": "group", "attributes": {**summary, **L.format_stamp()}}, files)
         sums = np.full(n, L.digest(b""), dtype=np.uint64)  # clips without rows
         if rows:
-            values = np.empty((rows, dim), dtype=self.dtype)  # one pass: cast while copying
-            for v, lo, hi in zip(b.values, offsets[:-1], offsets[1:]):
-                if hi > lo:
-                    values[lo:hi] = v
+            values = self._rows
+            if values is None or values.shape != (rows, dim) or values.dtype != self.dtype:
+                values = np.empty((rows, dim), dtype=self.dtype)  # one pass: cast while copying
+                for v, lo, hi in zip(b.values, offsets[:-1], offsets[1:]):
+                    if hi > lo:
+                        values[lo:hi] = v
             bad = _nonfinite_rows(values)
             if bad is not None:
                 clip = int(np.searchsorted(offsets, int(np.argmax(bad)), side="right")) - 1
@@ -628,42 +631,56 @@ def compact_groups(parts: list, metas: dict[str, dict[str, Any]]) -> list[list]:
     return [g for g in groups if len(g) > 1 and sum(_values_bytes(metas[p.name]) for p in g) >= COMPACT_BELOW]
 
 
-def _read_part_checked(part: Path, meta: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    """A part's values, times and pooled, each checked (values against the part's xxh3-64 of all
-    its rows, the small arrays by their crc32c); raises CorruptShard or StoreError."""
-    from clmer_features.store.rawread import CorruptShard, RawRows, read_checked_chunk
+def _read_values_checked(part: Path, out: np.ndarray | None = None) -> np.ndarray | None:
+    """A part's values (into ``out`` when given), checked against the part's xxh3-64 of all its
+    rows; None when it has none. Raises CorruptShard or StoreError."""
+    from clmer_features.store.rawread import CorruptShard, RawRows
 
-    values = None
-    if (part / "values" / L.ZARR_JSON).exists():
-        raw = RawRows.open(part / "values")
-        if raw is None:
-            raise StoreError(f"{part}/values: not in the layout the store writes")
-        try:
-            values = raw.read(0, raw.shape[0])
-        finally:
-            raw.close()
-        whole = raw.attrs.get(L.DIGEST)
-        if whole is None or L.xxhash.xxh3_64_intdigest(values) != int(whole, 16):
-            raise CorruptShard(raw.path, "the part's rows do not match their checksum")
-    small = []
-    for name in ("times", "pooled"):
-        path = part / name / L.ZARR_JSON
-        small.append(read_checked_chunk(part, name, L.read_json(path)) if path.exists() else None)
-    return values, small[0], small[1]
+    if not (part / "values" / L.ZARR_JSON).exists():
+        return None
+    raw = RawRows.open(part / "values")
+    if raw is None:
+        raise StoreError(f"{part}/values: not in the layout the store writes")
+    try:
+        values = raw.read(0, raw.shape[0], out)
+    finally:
+        raw.close()
+    whole = raw.attrs.get(L.DIGEST)
+    if whole is None or L.xxhash.xxh3_64_intdigest(values) != int(whole, 16):
+        raise CorruptShard(raw.path, "the part's rows do not match their checksum")
+    return values
+
+
+def _read_small_checked(part: Path, name: str) -> np.ndarray | None:
+    """``times`` or ``pooled`` of a part, checked by its crc32c (None when the part has none)."""
+    from clmer_features.store.rawread import read_checked_chunk
+
+    path = part / name / L.ZARR_JSON
+    return read_checked_chunk(part, name, L.read_json(path)) if path.exists() else None
 
 
 def _merge_parts(fw: "FeatureWriter", group: list, metas: dict[str, dict[str, Any]]) -> StorePath:
     """One part holding every clip of ``group`` (the first part's copy of a clip twice on disk),
     their records and failures, written and committed like any part; the group is untouched.
-    Its name comes from its clips (``m-<hash>``), so the same parts merge to the same part."""
+    Its name comes from its clips (``m-<hash>``), so the same parts merge to the same part.
+    Each part's values are read checked straight into the merged array (one copy), unless a
+    clip is twice in the group (after a crash), when the kept clips are copied one by one."""
     b = _Buffers()
     dtype = np.dtype(fw.spec.params.get("dtype", "float16"))
+    indexes = [L.read_parquet(p / L.INDEX_FILE) if _has_file(p, metas[p.name], L.INDEX_FILE)
+               else pl.DataFrame(schema=_PART_INDEX_SCHEMA) for p in group]
+    keys = pl.concat([i.select("clip_key") for i in indexes])["clip_key"]
+    whole_parts = keys.n_unique() == len(keys)  # no clip twice: every part's rows go in whole
+    sizes = [int(i["row_end"].max() or 0) if i.height else 0 for i in indexes]
+    dims = {int(metas[p.name].get("dim") or 0) for p, n in zip(group, sizes) if n}
+    merged = np.empty((sum(sizes), dims.pop()), dtype) if whole_parts and len(dims) == 1 else None
+    base = 0
     seen: set[str] = set()
     fail_rows: list[dict[str, Any]] = []
-    for p in group:
+    for p, idx, n in zip(group, indexes, sizes):
         meta = metas[p.name]
-        values, times, pooled = _read_part_checked(p, meta)
-        idx = L.read_parquet(p / L.INDEX_FILE) if _has_file(p, meta, L.INDEX_FILE) else pl.DataFrame(schema=_PART_INDEX_SCHEMA)
+        values = _read_values_checked(p, merged[base:base + n] if merged is not None and n else None)
+        times, pooled = _read_small_checked(p, "times"), _read_small_checked(p, "pooled")
         recs = ({r["clip_key"]: r for r in L.read_parquet(p / L.RECORDS_FILE).to_dicts()}
                 if _has_file(p, meta, L.RECORDS_FILE) else {})
         for key, cid, lo, hi, item in idx.select("clip_key", "clip_id", "row_start", "row_end", "item").iter_rows():
@@ -679,10 +696,11 @@ def _merge_parts(fw: "FeatureWriter", group: list, metas: dict[str, dict[str, An
                 b.records.append(recs[key])
         if _has_file(p, meta, L.FAILURES_FILE):
             fail_rows.extend(L.read_parquet(p / L.FAILURES_FILE).to_dicts())
+        base += n
     b.failures = [f for f in fail_rows if f["clip_key"] not in seen]  # every attempt kept: finalize counts them
     everything = seen | {f["clip_key"] for f in b.failures}
     pw = PartWriter(fw, part_name(sorted(everything), prefix="m"))
-    pw._b, pw._seen = b, everything
+    pw._b, pw._seen, pw._rows = b, everything, merged
     return pw.commit()
 
 
