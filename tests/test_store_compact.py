@@ -113,7 +113,7 @@ def test_a_reader_opened_before_the_merge_keeps_reading(tmp_path, monkeypatch):
     stale.complete = {**stale.complete, "finalized_ns": 1}
     part = stale._index.filter(pl.col("clip_id") == "c0000")["part"].item()
     os.rename(stale.dir / L.PARTS_DIR / part, stale.dir / L.PARTS_DIR / f"{L.TMP_PREFIX}x")
-    with pytest.raises(StoreError, match="merged into a larger one by a finalize after this reader opened"):
+    with pytest.raises(StoreError, match="is gone: the feature was finalized again after this reader opened it"):
         stale.get("c0000")
 
 

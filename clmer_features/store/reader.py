@@ -187,8 +187,8 @@ class FeatureReader:
             now = None
         if now is not None and now != self.complete.get("finalized_ns"):
             return StoreError(
-                f"{self.spec.feature}/{self.spec.spec_id}: part {part} was merged into a larger one by a finalize "
-                "after this reader opened the feature; open the store again to read it"
+                f"{self.spec.feature}/{self.spec.spec_id}: part {part} is gone: the feature was finalized again "
+                "after this reader opened it (its small parts merged, or a repair); open the store again to read it"
             )
         return StoreError(
             f"{self.spec.feature}/{self.spec.spec_id}: part {part} (named by the index) is missing from disk "
