@@ -24,11 +24,15 @@ from _synthetic_store import check, ids, rows, write_parts
 RANGES = [(lo, lo + 25) for lo in range(0, 250, 25)]  # 10 parts of about 2.7 kB of values each
 
 
-@pytest.fixture
-def small(monkeypatch):
+def _shrink(monkeypatch) -> None:
     """Parts under 4 kB are small; merged parts grow to about 12 kB (four parts)."""
     monkeypatch.setattr(W, "COMPACT_BELOW", 4000)
     monkeypatch.setattr(W, "COMPACT_TARGET", 12000)
+
+
+@pytest.fixture
+def small(monkeypatch):
+    _shrink(monkeypatch)
 
 
 def _parts(cache, dataset: str = "ds", feature: str = "emb"):
@@ -37,7 +41,7 @@ def _parts(cache, dataset: str = "ds", feature: str = "emb"):
 
 def _retired(cache) -> list:
     spec_dir = open_store(cache, "ds").feature("emb").dir
-    return sorted((spec_dir / L.PARTS_DIR).glob(f"{L.TMP_PREFIX}retired-*"))
+    return sorted((spec_dir / L.PARTS_DIR).glob(f"{L.RETIRED_PREFIX}*"))
 
 
 def test_small_parts_are_merged_and_every_clip_reads_the_same(tmp_path, small):
@@ -101,8 +105,7 @@ def test_a_reader_opened_before_the_merge_keeps_reading(tmp_path, monkeypatch):
     fw.finalize()  # default thresholds: these parts stay as they are
     old = open_store(tmp_path, "ds").feature("emb")
     np.testing.assert_array_equal(old.get("c0001"), rows(1).astype(np.float16))  # index loaded, one part open
-    monkeypatch.setattr(W, "COMPACT_BELOW", 4000)
-    monkeypatch.setattr(W, "COMPACT_TARGET", 12000)
+    _shrink(monkeypatch)
     W.finalize_feature(tmp_path / "ds", "emb", W.FeatureSpec.from_dict(L.node_attrs(old.dir)["spec"]).spec_id)
     assert all(n.startswith("m-") for n in _parts(tmp_path))
     values, offsets = old.sequences(ids(0, 250))  # its parts were moved aside, not deleted
@@ -140,7 +143,7 @@ def test_a_crash_between_the_merge_and_moving_the_parts_aside_loses_nothing(tmp_
     moved: list[str] = []
 
     def crash_after_three(src, dst):
-        if ".tmp-retired-" in str(dst):
+        if L.RETIRED_PREFIX in str(dst):
             if len(moved) == 3:
                 raise OSError("killed")
             moved.append(str(src))
@@ -175,8 +178,7 @@ def test_compact_command_merges_a_cache_finalized_before(tmp_path, monkeypatch):
 
     write_parts(tmp_path, RANGES).finalize()  # default thresholds: ten small parts stay
     assert len(_parts(tmp_path)) == 10
-    monkeypatch.setattr(W, "COMPACT_BELOW", 4000)
-    monkeypatch.setattr(W, "COMPACT_TARGET", 12000)
+    _shrink(monkeypatch)
     r = CliRunner().invoke(cli, ["compact", "--cache", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert "ds: emb/" in r.output and "10 part(s) -> 3" in r.output

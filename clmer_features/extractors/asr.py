@@ -23,7 +23,7 @@ window, or whose language must be detected, or left without a word in its
 packed window (Whisper drops or merges a one-word utterance next to its
 neighbours), is transcribed alone. With faster-whisper a window's decoding can
 stop before its last clips end (Whisper leaves a segment it cannot close to the
-next window: about a third of MELD's packed windows); ``repack`` (the default,
+next window: a quarter to a third of MELD's packed windows); ``repack`` (the default,
 ``former_default=False``) packs those clips again into later windows, at most
 ``PACK_ROUNDS`` passes, where they were transcribed alone before (a 30 s window
 for one short clip). A clip's
@@ -422,12 +422,6 @@ class AsrExtractor(Extractor):
             }
         )
 
-    def _windows(self, items: list) -> list[Window]:
-        """One window per clip, or the clips packed (``items``: (i, clip, audio, lang, source), one language)."""
-        if self.pack:
-            return pack_windows([it[2] for it in items])
-        return [Window(it[2], ((k, 0.0, it[2].shape[0] / SAMPLE_RATE),)) for k, it in enumerate(items)]
-
     def _packed_records(self, items: list, window: Window, words: list, lang: str, out: list,
                         skip: Sequence[int] = ()) -> list[int]:
         """Split one packed window's words back to its clips (all but the items in ``skip``);
@@ -453,8 +447,10 @@ class AsrExtractor(Extractor):
     def _faster_whisper_all(self, todo: list, out: list) -> None:
         """Clips of a known language go through windows (batched, packed if asked); the rest
         (language to detect, longer than a window) through the library's ``transcribe`` one by one.
-        A packed clip past a window's cut, or left without a word, goes through the unpacked
-        batched windows, which give ``transcribe``'s own transcript (test_asr_pack) at a batch's cost."""
+        Packed, a clip past where a window's decoding stopped is packed again (``repack``, at most
+        ``PACK_ROUNDS`` passes); one left without a word, heading such a window, or past the last
+        pass goes through the unpacked batched windows, which give ``transcribe``'s own transcript
+        (test_asr_pack) at a batch's cost."""
         alone: list = []
         groups: dict[str, list] = {}
         for item in todo:
@@ -508,12 +504,13 @@ class AsrExtractor(Extractor):
             except Exception:  # noqa: BLE001 - the clips go one by one, so a bad one fails alone
                 alone.extend(batch)
                 continue
-            for (i, _clip, audio, _lang, source), (segs, _words, done_until) in zip(batch, results):
+            for item, (segs, _words, done_until) in zip(batch, results):
                 if done_until is None:
+                    i, _clip, audio, _lang, source = item
                     text = " ".join(t.strip() for _, _, t in segs if t.strip())
                     out[i] = self._record(text, lang, source, segs, audio.shape[0] / SAMPLE_RATE)
                 else:
-                    alone.append((i, _clip, audio, _lang, source))
+                    alone.append(item)
         return alone
 
     def _faster_whisper(self, audio: np.ndarray, lang: str | None, source: str) -> ClipOutput:
@@ -646,7 +643,7 @@ class AsrExtractor(Extractor):
         """Packed windows, ``batch_size`` at a time (a failing batch is retried window by window);
         returns the items of windows that failed and the clips left without a word, for the
         per-clip path."""
-        windows = self._windows(items)
+        windows = pack_windows([it[2] for it in items])
         failed: list = []
         for start in range(0, len(windows), self.batch_size):
             batch = windows[start:start + self.batch_size]

@@ -20,6 +20,7 @@ always win.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import types
@@ -197,8 +198,6 @@ class ExtractorConfig:
         declared later changed its default later, as ``asr.repack`` after ``asr.pack``); empty
         when no field is such. The engine runs the
         first whose spec the store holds, where it does not hold this one's."""
-        import itertools
-
         changed = [f.name for f in dataclasses.fields(self)
                    if "former_default" in f.metadata and f.name not in self.given]
         fields = {f.name: f for f in dataclasses.fields(self)}

@@ -69,6 +69,7 @@ LEDGER_FILE = "ledger.parquet"
 FEATURES_DIR = "features"
 PARTS_DIR = "parts"
 TMP_PREFIX = ".tmp-"
+RETIRED_PREFIX = f"{TMP_PREFIX}retired-"  # a part merged away by finalize: parts/<this><part>-<ns hex>
 PART_FILE = "PART.json"
 INDEX_FILE = "index.parquet"
 RECORDS_FILE = "records.parquet"

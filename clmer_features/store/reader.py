@@ -225,7 +225,7 @@ class FeatureReader:
         pdir = self.dir / L.PARTS_DIR / name
         if is_object(pdir) or pdir.is_dir():
             return pdir
-        moved = sorted((self.dir / L.PARTS_DIR).glob(f"{L.TMP_PREFIX}retired-{name}-*"))
+        moved = sorted((self.dir / L.PARTS_DIR).glob(f"{L.RETIRED_PREFIX}{name}-*"))
         return moved[-1] if moved else pdir
 
     def _open_part(self, name: str) -> _Part:

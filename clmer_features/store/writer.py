@@ -707,12 +707,12 @@ def _merge_parts(fw: "FeatureWriter", group: list, metas: dict[str, dict[str, An
 def retired_name(part: str) -> str:
     """Where finalize moves a merged-away part: a temporary name (never a committed part, swept by
     ``gc``); readers opened before the merge find it there."""
-    return f"{L.TMP_PREFIX}retired-{part}-{time.time_ns():x}"
+    return f"{L.RETIRED_PREFIX}{part}-{time.time_ns():x}"
 
 
 def _sweep_retired(fdir: Path, older_than_s: float = RETIRED_KEEP_S) -> None:
     now = time.time()
-    for old in (fdir / L.PARTS_DIR).glob(f"{L.TMP_PREFIX}retired-*"):
+    for old in (fdir / L.PARTS_DIR).glob(f"{L.RETIRED_PREFIX}*"):
         if now - old.stat().st_mtime >= older_than_s:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -756,7 +756,7 @@ def _finalize(store_root: StorePath, feature: str, spec_id: str) -> FinalizeSumm
     metas = _part_metas(parts)
     if not is_object(fdir):
         parts = compact(store_root, fdir, parts, metas)
-        metas = _part_metas(parts)
+        metas = _part_metas(parts, known=metas)
 
     empty = pl.DataFrame(schema={**_PART_INDEX_SCHEMA, "part": pl.Utf8}).select(_INDEX_COLUMNS)
     index = pl.concat([empty, *(_part_index(p, metas[p.name]) for p in parts)], how="vertical")
@@ -806,9 +806,13 @@ def _finalize(store_root: StorePath, feature: str, spec_id: str) -> FinalizeSumm
     return FinalizeSummary(feature, spec_id, index.height, fails.height, len(parts), duplicates, fdir)
 
 
-def _part_metas(parts: list) -> dict[str, Any]:
+def _part_metas(parts: list, known: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each part's PART.json (taken from ``known`` where it holds the part: a committed part never changes)."""
     metas: dict[str, Any] = {}
     for p in parts:
+        if known and p.name in known:
+            metas[p.name] = known[p.name]
+            continue
         if not is_object(p) and not (p / L.PART_FILE).exists():  # (an object-store part is committed by it)
             raise StoreError(f"{p}: part has no {L.PART_FILE}; it was not written by clmer (run `clmer-features verify`)")
         metas[p.name] = L.read_json(p / L.PART_FILE)
